@@ -1,0 +1,62 @@
+//! # leasehold
+//!
+//! Shared-state synchronization primitives for storage systems.
+//!
+//! Storage engines hand-roll the same few patterns over and over, and get
+//! them subtly wrong: `RwLock` + `Notify` cells that wake every waiter on every
+//! change, `Arc<Notify>` completion signals that lose their second waiter,
+//! validity checks that ask whether a heartbeat *task* is alive instead of
+//! whether its *deadline* has passed. `leasehold` packages the correct
+//! versions, each model-checked with loom.
+//!
+//! | primitive | pick it for |
+//! |---|---|
+//! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds |
+//!
+//! Everything that reasons about time reads it from an injected
+//! [`clock::Clock`], so tests use [`clock::ManualClock`] or tokio's paused
+//! time instead of sleeping.
+//!
+//! ## A first example
+//!
+//! ```
+//! use leasehold::WatchCell;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let frontier = WatchCell::new(0_u64);
+//! let reader = tokio::spawn({
+//!     let frontier = frontier.clone();
+//!     async move { frontier.wait_for(|f| *f >= 10).await }
+//! });
+//! for f in 1..=10 {
+//!     frontier.modify(|v| *v = f);
+//! }
+//! reader.await.unwrap().unwrap();
+//! // Ten modifications, one wake-up: the reader's predicate was tested by
+//! // the writer, and it was woken only when it held.
+//! assert_eq!(frontier.stats().wakeups, 1);
+//! # }
+//! ```
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod clock;
+mod sync;
+pub mod watch_cell;
+
+pub use watch_cell::WatchCell;
+
+/// Hooks for the loom models in `loom-tests/`; not part of the API.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod __loom {
+    /// Advances the modelled time that blocking deadlines are checked against.
+    pub fn advance_time(by: std::time::Duration) {
+        crate::sync::advance(by);
+    }
+}

@@ -1,0 +1,730 @@
+//! [`WatchCell`]: shared state with closure-scoped access and predicate waits
+//! that wake only the waiters whose predicate holds.
+//!
+//! # Choosing a wait
+//!
+//! | you want to wait until… | async | blocking thread |
+//! |---|---|---|
+//! | a condition on the value holds | [`wait_for`] | [`blocking_wait_for`], [`_deadline`], [`_timeout`] |
+//! | a condition holds, and take something out of the value | [`wait_for_map`] | [`blocking_wait_for_map`], [`_map_deadline`], [`_map_timeout`] |
+//! | anything changed since a version you saw | [`changed`] | [`blocking_changed`] |
+//!
+//! Prefer a predicate wait over [`changed`]: the modifier tests your
+//! predicate for you under the lock, so you are woken exactly once, when it
+//! holds. `changed` wakes on every notifying modification, like
+//! `tokio::sync::watch`.
+//!
+//! # Differences from the peers
+//!
+//! - **`tokio::sync::watch` and `RwLock` + `Notify`** wake every waiter on every
+//!   change; each re-checks and most go back to sleep. Here the *modifier*
+//!   evaluates each waiting predicate on the new state, under the lock, and
+//!   wakes only those that hold: a waiter is never woken to find its predicate
+//!   false, and no wake-up can be lost between a waiter's check and its sleep.
+//! - **`Condvar`** serves threads only and leaves the re-check loop to the
+//!   caller. Every wait here exists in an async and a blocking form with the
+//!   same semantics, on the same cell.
+//! - **No guards.** Access is scoped to a closure ([`read`], [`modify`]), so a
+//!   guard can never be held across an `.await`; both work outside any runtime
+//!   and from `Drop`.
+//! - **No poisoning.** A modification closure that panics unwinds through the
+//!   lock, still notifying waiters of whatever it changed. A predicate that
+//!   panics while a modifier evaluates it is caught; the panic resumes on the
+//!   waiter's own thread.
+//! - **Explicit shutdown.** [`close`] fails every current and future wait with
+//!   [`Closed`]; there is no need to model shutdown as an in-band flag.
+//!
+//! Predicates run under the cell's lock, possibly on a modifier's thread: keep
+//! them short, and do not touch the same cell from inside one (the lock is
+//! not re-entrant, so that would deadlock). The same holds for the closures
+//! passed to [`read`] and [`modify`].
+//!
+//! [`wait_for`]: WatchCell::wait_for
+//! [`wait_for_map`]: WatchCell::wait_for_map
+//! [`changed`]: WatchCell::changed
+//! [`blocking_wait_for`]: WatchCell::blocking_wait_for
+//! [`_deadline`]: WatchCell::blocking_wait_for_deadline
+//! [`_timeout`]: WatchCell::blocking_wait_for_timeout
+//! [`blocking_wait_for_map`]: WatchCell::blocking_wait_for_map
+//! [`_map_deadline`]: WatchCell::blocking_wait_for_map_deadline
+//! [`_map_timeout`]: WatchCell::blocking_wait_for_map_timeout
+//! [`blocking_changed`]: WatchCell::blocking_changed
+//! [`read`]: WatchCell::read
+//! [`modify`]: WatchCell::modify
+//! [`close`]: WatchCell::close
+
+mod error;
+mod wait;
+mod waiter;
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::time::{Duration, Instant};
+
+pub use error::{Closed, WaitTimeoutError};
+
+use crate::sync::{Arc, Mutex};
+use wait::Wait;
+use waiter::{Changed, Map, Predicate, Until, Waiter, WaiterList, WakeList};
+
+/// The number of notifying modifications a cell has seen.
+///
+/// Starts at zero; every [`WatchCell::modify`] (and every
+/// [`WatchCell::modify_if`] that reports a change) increments it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Version(u64);
+
+impl Version {
+    /// The version of a freshly created cell.
+    pub const INITIAL: Version = Version(0);
+
+    /// The raw counter.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// Counters describing how a cell has been used, from [`WatchCell::stats`].
+///
+/// `wakeups / satisfied waits` is the figure to watch: it is 1.0 for a
+/// `WatchCell`, and grows with the modification rate for `watch` or `Notify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct WatchStats {
+    /// Notifying modifications (equals the current [`Version`]).
+    pub notifications: u64,
+    /// Waiters woken: because their predicate held, because it panicked on a
+    /// modifier's thread, or because the cell closed.
+    pub wakeups: u64,
+    /// Predicate evaluations, by waiters and by modifiers.
+    pub predicate_evals: u64,
+    /// Waiters registered right now.
+    pub waiters: usize,
+}
+
+/// Shared state with closure-scoped access and targeted predicate waits,
+/// for async tasks and blocking threads alike.
+///
+/// `WatchCell` is a cheap handle (`Clone` shares the same state, like an
+/// `Arc`). Pick it over `tokio::sync::watch`, `RwLock` + `Notify` or a
+/// `Condvar` when waiters care about conditions on the state rather than
+/// about every change, or when threads and tasks wait on the same state.
+/// See the [module documentation](self) for the full comparison.
+///
+/// # Examples
+///
+/// ```
+/// use leasehold::WatchCell;
+///
+/// #[derive(Default)]
+/// struct Shard { since: u64, request_sync: bool }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cell = WatchCell::new(Shard::default());
+/// let task = tokio::spawn({
+///     let cell = cell.clone();
+///     async move {
+///         // Woken once, when a sync is requested: never by since downgrades.
+///         cell.wait_for(|s| s.request_sync).await.unwrap();
+///         cell.read(|s| s.since)
+///     }
+/// });
+/// tokio::task::yield_now().await;
+/// for since in 1..=100 {
+///     cell.modify(|s| s.since = since);
+/// }
+/// cell.modify(|s| s.request_sync = true);
+/// assert_eq!(task.await.unwrap(), 100);
+/// assert_eq!(cell.stats().wakeups, 1);
+/// # }
+/// ```
+pub struct WatchCell<T> {
+    shared: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+}
+
+struct State<T> {
+    value: T,
+    version: Version,
+    closed: bool,
+    waiters: WaiterList<T>,
+    wakeups: u64,
+    predicate_evals: u64,
+}
+
+impl<T> State<T> {
+    /// The owner-side check made before registering: `Some` if the wait is
+    /// over (closed, or the predicate already holds).
+    fn try_complete<P: Predicate<T>>(
+        &mut self,
+        node: &Waiter<P>,
+    ) -> Option<Result<P::Output, Closed>> {
+        if self.closed {
+            return Some(Err(Closed));
+        }
+        self.predicate_evals += 1;
+        node.test_unregistered(&self.value, self.version)
+            .then(|| Ok(node.take_output()))
+    }
+
+    /// Bumps the version and completes the waiters whose predicate now holds.
+    fn notify(&mut self) -> WakeList {
+        self.version.0 += 1;
+        let mut wakes = WakeList::default();
+        self.predicate_evals += self.waiters.notify(&self.value, self.version, &mut wakes);
+        self.wakeups += wakes.len() as u64;
+        wakes
+    }
+}
+
+impl<T> WatchCell<T> {
+    /// Creates a cell holding `value`, at [`Version::INITIAL`].
+    pub fn new(value: T) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    value,
+                    version: Version::INITIAL,
+                    closed: false,
+                    waiters: WaiterList::new(),
+                    wakeups: 0,
+                    predicate_evals: 0,
+                }),
+            }),
+        }
+    }
+
+    /// Runs `f` on the current value and returns its result.
+    ///
+    /// The lock is held only while `f` runs; `f` must not access this cell.
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(vec![1, 2, 3]);
+    /// assert_eq!(cell.read(|v| v.len()), 3);
+    /// ```
+    pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.shared.state.lock().value)
+    }
+
+    /// Like [`read`](Self::read), also passing the value's [`Version`], for a
+    /// later [`changed`](Self::changed) that cannot miss a modification.
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(7);
+    /// let (value, version) = cell.read_versioned(|v, version| (*v, version));
+    /// assert_eq!((value, version.get()), (7, 0));
+    /// ```
+    pub fn read_versioned<R>(&self, f: impl FnOnce(&T, Version) -> R) -> R {
+        let state = self.shared.state.lock();
+        f(&state.value, state.version)
+    }
+
+    /// Modifies the value with `f`, then wakes the waiters whose predicate
+    /// holds on the new value. Always notifies; see
+    /// [`modify_if`](Self::modify_if) to skip notification when nothing
+    /// changed.
+    ///
+    /// Works from any thread, outside any runtime, and from `Drop`.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, the panic propagates after waiters were notified of
+    /// whatever `f` changed before panicking (the cell is not poisoned).
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(0_u64);
+    /// let doubled = cell.modify(|v| { *v += 21; *v * 2 });
+    /// assert_eq!(doubled, 42);
+    /// assert_eq!(cell.version().get(), 1);
+    /// ```
+    pub fn modify<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        self.modify_inner(|value| {
+            let result = f(value);
+            (true, result)
+        })
+    }
+
+    /// Modifies the value with `f`, which returns whether it changed anything.
+    /// Notifies (and bumps the version) only if it did; returns that flag.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, waiters are notified (it may have changed the value)
+    /// and the panic propagates.
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(10_u64);
+    /// // Downgrade only forward: a stale value changes nothing, wakes nobody.
+    /// let advance = |to: u64| cell.modify_if(|v| { let changed = to > *v; if changed { *v = to } changed });
+    /// assert!(!advance(5));
+    /// assert!(advance(20));
+    /// assert_eq!(cell.version().get(), 1);
+    /// ```
+    pub fn modify_if(&self, f: impl FnOnce(&mut T) -> bool) -> bool {
+        self.modify_inner(|value| {
+            let changed = f(value);
+            (changed, changed)
+        })
+    }
+
+    /// Replaces the value, notifying waiters; returns the old value.
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new("old");
+    /// assert_eq!(cell.replace("new"), "old");
+    /// ```
+    pub fn replace(&self, value: T) -> T {
+        self.modify(|current| std::mem::replace(current, value))
+    }
+
+    fn modify_inner<R>(&self, f: impl FnOnce(&mut T) -> (bool, R)) -> R {
+        let mut state = self.shared.state.lock();
+        match catch_unwind(AssertUnwindSafe(|| f(&mut state.value))) {
+            Ok((changed, result)) => {
+                if changed {
+                    let wakes = state.notify();
+                    drop(state);
+                    wakes.wake_all();
+                }
+                result
+            }
+            Err(payload) => {
+                // The value may be half-modified: evaluate the waiters anyway,
+                // so none misses a state its predicate accepts.
+                let wakes = state.notify();
+                drop(state);
+                wakes.wake_all();
+                resume_unwind(payload)
+            }
+        }
+    }
+
+    /// The current [`Version`].
+    pub fn version(&self) -> Version {
+        self.shared.state.lock().version
+    }
+
+    /// Closes the cell: every current wait returns [`Closed`], and so does
+    /// every later one. The value stays readable and modifiable.
+    ///
+    /// Returns `true` if this call closed the cell, `false` if it was closed
+    /// already.
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(0);
+    /// assert!(cell.close());
+    /// assert!(!cell.close());
+    /// assert_eq!(cell.blocking_wait_for(|_| true), Err(leasehold::watch_cell::Closed));
+    /// ```
+    pub fn close(&self) -> bool {
+        let mut state = self.shared.state.lock();
+        if state.closed {
+            return false;
+        }
+        state.closed = true;
+        let mut wakes = WakeList::default();
+        state.waiters.close_all(&mut wakes);
+        state.wakeups += wakes.len() as u64;
+        drop(state);
+        wakes.wake_all();
+        true
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().closed
+    }
+
+    /// The cell's usage counters.
+    pub fn stats(&self) -> WatchStats {
+        let state = self.shared.state.lock();
+        WatchStats {
+            notifications: state.version.0,
+            wakeups: state.wakeups,
+            predicate_evals: state.predicate_evals,
+            waiters: state.waiters.len(),
+        }
+    }
+
+    /// Whether `self` and `other` are handles to the same cell.
+    pub fn same_cell(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl<T> WatchCell<T> {
+    /// Waits until `predicate` holds on the value.
+    ///
+    /// The predicate is tested once now; after that, only by modifiers, once
+    /// per notifying modification, on the new value and under the lock. The
+    /// task is woken only when it holds. It may borrow from the caller (no
+    /// `'static` bound) but must be `Send`, since a modifier on another thread
+    /// may run it.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] if the cell is or becomes closed, even if the predicate
+    /// holds.
+    ///
+    /// # Panics
+    ///
+    /// If the predicate panics, on this task or on a modifier's thread, the
+    /// panic resumes here.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. Dropping the future unregisters it; a concurrent
+    /// modification neither wakes it nor loses another waiter's wake-up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cell = leasehold::WatchCell::new(0_u64);
+    /// let target = 3;
+    /// let waiter = cell.wait_for(|v| *v >= target);
+    /// let writer = async { for _ in 0..5 { cell.modify(|v| *v += 1); tokio::task::yield_now().await } };
+    /// let (result, ()) = tokio::join!(waiter, writer);
+    /// result.unwrap();
+    /// # }
+    /// ```
+    pub fn wait_for<'a, F>(&'a self, predicate: F) -> impl Future<Output = Result<(), Closed>> + 'a
+    where
+        F: FnMut(&T) -> bool + Send + 'a,
+    {
+        Wait::new(&self.shared, Until(predicate))
+    }
+
+    /// Waits until `f` returns `Some(x)` on the value, and returns `x`.
+    ///
+    /// `x` is extracted on the very state that satisfied the wait, by the
+    /// modifier that made it, so nothing can change in between.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] if the cell is or becomes closed.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, on this task or on a modifier's thread, the panic
+    /// resumes here.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: as [`wait_for`](Self::wait_for). An `x` extracted for a
+    /// future that is dropped before it is polled again is dropped with it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cell = leasehold::WatchCell::new(Vec::<String>::new());
+    /// let first = cell.wait_for_map(|jobs| jobs.first().cloned());
+    /// let push = async { cell.modify(|jobs| jobs.push("sync blob 7".into())) };
+    /// let (first, ()) = tokio::join!(first, push);
+    /// assert_eq!(first.unwrap(), "sync blob 7");
+    /// # }
+    /// ```
+    pub fn wait_for_map<'a, U, F>(&'a self, f: F) -> impl Future<Output = Result<U, Closed>> + 'a
+    where
+        F: FnMut(&T) -> Option<U> + Send + 'a,
+        U: Send + 'a,
+    {
+        Wait::new(&self.shared, Map::new(f))
+    }
+
+    /// Waits until the version is greater than `since`, and returns the new
+    /// version. Resolves at once if it already is.
+    ///
+    /// Wakes on every notifying modification: prefer
+    /// [`wait_for`](Self::wait_for) when you wait for a condition.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] if the cell is or becomes closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: as [`wait_for`](Self::wait_for). Since the caller keeps
+    /// `since`, a retried call cannot miss a modification.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cell = leasehold::WatchCell::new(0);
+    /// let seen = cell.version();
+    /// cell.modify(|v| *v = 1);
+    /// assert!(cell.changed(seen).await.unwrap() > seen);
+    /// # }
+    /// ```
+    pub fn changed(&self, since: Version) -> impl Future<Output = Result<Version, Closed>> + '_ {
+        Wait::new(&self.shared, Changed { since, seen: since })
+    }
+
+    /// Blocks the current thread until `predicate` holds on the value.
+    ///
+    /// Same semantics as [`wait_for`](Self::wait_for); the thread is unparked
+    /// only when the predicate holds. Do not call it from an async task: it
+    /// blocks the executor thread.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] if the cell is or becomes closed.
+    ///
+    /// # Panics
+    ///
+    /// If the predicate panics, here or on a modifier's thread, the panic
+    /// resumes here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(0);
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| cell.modify(|v| *v = 5));
+    ///     cell.blocking_wait_for(|v| *v == 5).unwrap();
+    /// });
+    /// ```
+    pub fn blocking_wait_for<F>(&self, predicate: F) -> Result<(), Closed>
+    where
+        F: FnMut(&T) -> bool + Send,
+    {
+        self.shared
+            .wait_blocking(Until(predicate), None)
+            .map_err(|_| Closed)
+    }
+
+    /// Like [`blocking_wait_for`](Self::blocking_wait_for), giving up at `deadline`.
+    ///
+    /// The deadline is absolute: spurious wake-ups do not extend it. If a
+    /// modification satisfies the predicate while the wait is timing out, the
+    /// wait succeeds.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitTimeoutError::Closed`] if the cell is or becomes closed;
+    /// [`WaitTimeoutError::TimedOut`] if the deadline passes first.
+    ///
+    /// # Panics
+    ///
+    /// As [`blocking_wait_for`](Self::blocking_wait_for).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::watch_cell::WaitTimeoutError;
+    /// use std::time::Instant;
+    ///
+    /// let cell = leasehold::WatchCell::new(false);
+    /// let already_passed = Instant::now();
+    /// assert_eq!(cell.blocking_wait_for_deadline(|v| *v, already_passed), Err(WaitTimeoutError::TimedOut));
+    /// ```
+    pub fn blocking_wait_for_deadline<F>(
+        &self,
+        predicate: F,
+        deadline: Instant,
+    ) -> Result<(), WaitTimeoutError>
+    where
+        F: FnMut(&T) -> bool + Send,
+    {
+        self.shared.wait_blocking(Until(predicate), Some(deadline))
+    }
+
+    /// Like [`blocking_wait_for`](Self::blocking_wait_for), giving up after
+    /// `timeout` (a deadline computed once, at the call).
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_wait_for_deadline`](Self::blocking_wait_for_deadline).
+    ///
+    /// # Panics
+    ///
+    /// As [`blocking_wait_for`](Self::blocking_wait_for).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let cell = leasehold::WatchCell::new(1);
+    /// // Holds already: returns at once, whatever the timeout.
+    /// cell.blocking_wait_for_timeout(|v| *v == 1, Duration::from_secs(60)).unwrap();
+    /// ```
+    pub fn blocking_wait_for_timeout<F>(
+        &self,
+        predicate: F,
+        timeout: Duration,
+    ) -> Result<(), WaitTimeoutError>
+    where
+        F: FnMut(&T) -> bool + Send,
+    {
+        self.shared
+            .wait_blocking(Until(predicate), deadline_after(timeout))
+    }
+
+    /// Blocks until `f` returns `Some(x)` on the value, and returns `x`.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] if the cell is or becomes closed.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, here or on a modifier's thread, the panic resumes here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(None::<u32>);
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| cell.modify(|v| *v = Some(9)));
+    ///     assert_eq!(cell.blocking_wait_for_map(|v| *v).unwrap(), 9);
+    /// });
+    /// ```
+    pub fn blocking_wait_for_map<U, F>(&self, f: F) -> Result<U, Closed>
+    where
+        F: FnMut(&T) -> Option<U> + Send,
+        U: Send,
+    {
+        self.shared
+            .wait_blocking(Map::new(f), None)
+            .map_err(|_| Closed)
+    }
+
+    /// Like [`blocking_wait_for_map`](Self::blocking_wait_for_map), giving up
+    /// at `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_wait_for_deadline`](Self::blocking_wait_for_deadline).
+    ///
+    /// # Panics
+    ///
+    /// As [`blocking_wait_for_map`](Self::blocking_wait_for_map).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let cell = leasehold::WatchCell::new(Some("ready"));
+    /// let deadline = Instant::now() + Duration::from_secs(1);
+    /// assert_eq!(cell.blocking_wait_for_map_deadline(|v| *v, deadline), Ok("ready"));
+    /// ```
+    pub fn blocking_wait_for_map_deadline<U, F>(
+        &self,
+        f: F,
+        deadline: Instant,
+    ) -> Result<U, WaitTimeoutError>
+    where
+        F: FnMut(&T) -> Option<U> + Send,
+        U: Send,
+    {
+        self.shared.wait_blocking(Map::new(f), Some(deadline))
+    }
+
+    /// Like [`blocking_wait_for_map`](Self::blocking_wait_for_map), giving up
+    /// after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_wait_for_deadline`](Self::blocking_wait_for_deadline).
+    ///
+    /// # Panics
+    ///
+    /// As [`blocking_wait_for_map`](Self::blocking_wait_for_map).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::watch_cell::WaitTimeoutError;
+    /// use std::time::Duration;
+    ///
+    /// let cell = leasehold::WatchCell::new(None::<u8>);
+    /// assert_eq!(cell.blocking_wait_for_map_timeout(|v| *v, Duration::ZERO), Err(WaitTimeoutError::TimedOut));
+    /// ```
+    pub fn blocking_wait_for_map_timeout<U, F>(
+        &self,
+        f: F,
+        timeout: Duration,
+    ) -> Result<U, WaitTimeoutError>
+    where
+        F: FnMut(&T) -> Option<U> + Send,
+        U: Send,
+    {
+        self.shared
+            .wait_blocking(Map::new(f), deadline_after(timeout))
+    }
+
+    /// Blocks until the version is greater than `since`; returns the new one.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] if the cell is or becomes closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(0);
+    /// let seen = cell.version();
+    /// cell.modify(|v| *v += 1);
+    /// assert_eq!(cell.blocking_changed(seen).unwrap().get(), 1);
+    /// ```
+    pub fn blocking_changed(&self, since: Version) -> Result<Version, Closed> {
+        self.shared
+            .wait_blocking(Changed { since, seen: since }, None)
+            .map_err(|_| Closed)
+    }
+}
+
+/// `now + timeout`, or no deadline if that overflows `Instant`.
+fn deadline_after(timeout: Duration) -> Option<Instant> {
+    crate::sync::now().checked_add(timeout)
+}
+
+impl<T> Clone for WatchCell<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T: Default> Default for WatchCell<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T> From<T> for WatchCell<T> {
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for WatchCell<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("WatchCell");
+        // `try_lock`: formatting from inside a closure on this cell must not deadlock.
+        match self.shared.state.try_lock() {
+            Some(state) => d
+                .field("value", &state.value)
+                .field("version", &state.version)
+                .field("closed", &state.closed)
+                .field("waiters", &state.waiters.len()),
+            None => d.field("value", &format_args!("<locked>")),
+        };
+        d.finish()
+    }
+}

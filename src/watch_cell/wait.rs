@@ -1,0 +1,181 @@
+//! The two ways to wait on a node: a pinned future, or a parked thread.
+//! Both share the registration protocol of `waiter.rs`.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use super::waiter::{Completion, IDLE, Predicate, Unparker, WAITING, Waiter};
+use super::{Closed, Shared, WaitTimeoutError};
+use crate::sync;
+
+/// The state of one wait, from the owner's side.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not yet polled: the node is not registered.
+    Init,
+    /// The node was pushed onto the list (it may since have been completed).
+    Registered,
+    /// The result was returned.
+    Done,
+}
+
+/// The future behind every async wait of a `WatchCell`.
+pub(super) struct Wait<'a, T, P> {
+    shared: &'a Shared<T>,
+    node: Waiter<P>,
+    phase: Phase,
+}
+
+impl<'a, T, P> Wait<'a, T, P> {
+    pub(super) fn new(shared: &'a Shared<T>, predicate: P) -> Self {
+        Self {
+            shared,
+            node: Waiter::new(predicate),
+            phase: Phase::Init,
+        }
+    }
+}
+
+impl<T, P> Future for Wait<'_, T, P>
+where
+    P: Predicate<T> + Send,
+    P::Output: Send,
+{
+    type Output = Result<P::Output, Closed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `node` is never moved out of the pinned future; the other
+        // fields are plain data.
+        let this = unsafe { self.get_unchecked_mut() };
+        match this.phase {
+            Phase::Init => {
+                let mut state = this.shared.state.lock();
+                if let Some(result) = state.try_complete(&this.node) {
+                    this.phase = Phase::Done;
+                    return Poll::Ready(result);
+                }
+                // SAFETY: we hold the lock; the node is pinned inside this
+                // future, whose `Drop` unregisters it.
+                unsafe {
+                    state
+                        .waiters
+                        .push(&this.node, Unparker::Task(cx.waker().clone()))
+                };
+                this.phase = Phase::Registered;
+                Poll::Pending
+            }
+            Phase::Registered => {
+                if this.node.state() == WAITING {
+                    let _state = this.shared.state.lock();
+                    // Re-check under the lock: only lock holders complete nodes.
+                    if this.node.state() == WAITING {
+                        // SAFETY: we hold the lock and the node is `WAITING`.
+                        unsafe { this.node.set_unparker(cx.waker()) };
+                        return Poll::Pending;
+                    }
+                }
+                this.phase = Phase::Done;
+                Poll::Ready(match this.node.completion() {
+                    Completion::Satisfied(output) => Ok(output),
+                    Completion::Closed => Err(Closed),
+                })
+            }
+            Phase::Done => panic!("`WatchCell` wait future polled after completion"),
+        }
+    }
+}
+
+impl<T, P> Drop for Wait<'_, T, P> {
+    fn drop(&mut self) {
+        if self.phase == Phase::Registered {
+            self.shared.unregister(&self.node);
+        }
+    }
+}
+
+impl<T> Shared<T> {
+    /// Removes a registered node if no modifier completed it first.
+    ///
+    /// After this returns, no modifier holds or will take a reference to the
+    /// node, so it may be dropped (invariant 2).
+    pub(super) fn unregister<P>(&self, node: &Waiter<P>) {
+        // A completed node is out of the list for good, and the completing
+        // modifier's `Release` store was its last access (invariant 3).
+        if node.state() != WAITING {
+            return;
+        }
+        let mut state = self.state.lock();
+        if node.state() == WAITING {
+            // SAFETY: we hold the lock and the node is `WAITING` in this list.
+            unsafe { state.waiters.remove(node) };
+        }
+    }
+
+    /// Parks the calling thread until the predicate holds, the cell closes,
+    /// or `deadline` passes.
+    pub(super) fn wait_blocking<P>(
+        &self,
+        predicate: P,
+        deadline: Option<Instant>,
+    ) -> Result<P::Output, WaitTimeoutError>
+    where
+        P: Predicate<T> + Send,
+        P::Output: Send,
+    {
+        let node = pin!(Waiter::new(predicate));
+        let node: &Waiter<P> = &node;
+        {
+            let mut state = self.state.lock();
+            if let Some(result) = state.try_complete(node) {
+                return result.map_err(WaitTimeoutError::from);
+            }
+            if deadline.is_some_and(|deadline| sync::now() >= deadline) {
+                return Err(WaitTimeoutError::TimedOut);
+            }
+            // SAFETY: we hold the lock; the node is pinned in this frame and
+            // `_registration` below unregisters it on every exit path.
+            unsafe { state.waiters.push(node, Unparker::Thread(sync::current())) };
+        }
+        let _registration = Registration { shared: self, node };
+        loop {
+            if node.state() != WAITING {
+                return match node.completion() {
+                    Completion::Satisfied(output) => Ok(output),
+                    Completion::Closed => Err(WaitTimeoutError::Closed),
+                };
+            }
+            match deadline {
+                None => sync::park(),
+                Some(deadline) => {
+                    // The deadline is fixed once; spurious wake-ups re-park for
+                    // the remaining time only.
+                    let now = sync::now();
+                    if now >= deadline {
+                        self.unregister(node);
+                        // `IDLE`: we removed it. Otherwise a modifier completed
+                        // it first, and that outcome wins over the timeout.
+                        if node.state() == IDLE {
+                            return Err(WaitTimeoutError::TimedOut);
+                        }
+                        continue;
+                    }
+                    sync::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+}
+
+/// Unregisters a blocking waiter's node on every exit, unwinding included.
+struct Registration<'a, T, P> {
+    shared: &'a Shared<T>,
+    node: &'a Waiter<P>,
+}
+
+impl<T, P> Drop for Registration<'_, T, P> {
+    fn drop(&mut self) {
+        self.shared.unregister(self.node);
+    }
+}
