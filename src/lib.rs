@@ -46,6 +46,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod clock;
+pub mod heartbeat;
+pub mod status;
 mod sync;
 pub mod watch_cell;
 

@@ -1,0 +1,1 @@
+//! Heartbeat and Validity (issue #4).

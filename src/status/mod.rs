@@ -1,0 +1,1 @@
+//! Sync-status channel and keyed registry (issue #3).
