@@ -61,4 +61,9 @@ pub mod __loom {
     pub fn advance_time(by: std::time::Duration) {
         crate::sync::advance(by);
     }
+
+    /// The modelled time.
+    pub fn now() -> std::time::Instant {
+        crate::sync::now()
+    }
 }
