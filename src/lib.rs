@@ -45,6 +45,7 @@
 )]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod changelog;
 pub mod clock;
 pub mod heartbeat;
 pub mod status;

@@ -1,0 +1,109 @@
+//! Errors of the changelog layer.
+
+use std::time::Duration;
+
+/// A boxed error from a caller-supplied component (a cleanup, a commit).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a [`ChangeLog`](super::ChangeLog) call failed.
+///
+/// A fenced-out owner is *not* an error: [`refresh`](super::ChangeLog::refresh)
+/// reports it as [`Ownership::Lost`](super::Ownership::Lost) and
+/// [`remove`](super::ChangeLog::remove) as
+/// [`Removal::Fenced`](super::Removal::Fenced). These variants are failures
+/// of the store itself; [`is_transient`](ChangeLogError::is_transient) tells
+/// whether retrying the same call may succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeLogError {
+    /// The store was locked by another writer for longer than the configured
+    /// busy timeout. Retrying later may succeed.
+    #[error("the {backend} changelog stayed locked by another writer past the busy timeout")]
+    Busy {
+        /// Which backend reported it (`"sqlite"`, …).
+        backend: &'static str,
+    },
+    /// The store failed (I/O error, constraint violation, driver error, …).
+    #[error("the {backend} changelog failed: {source}")]
+    Storage {
+        /// Which backend reported it.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The store holds a changelog schema newer than this version of the
+    /// crate understands; upgrade the crate instead of writing to it.
+    #[error("changelog schema version {found} is newer than the supported version {supported}")]
+    SchemaTooNew {
+        /// The version found in the store.
+        found: i64,
+        /// The newest version this crate writes.
+        supported: i64,
+    },
+    /// The worker that runs the store's blocking calls panicked or was shut
+    /// down (e.g. the runtime is shutting down).
+    #[error("the {backend} changelog worker is unavailable (panicked or shut down)")]
+    WorkerUnavailable {
+        /// Which backend reported it.
+        backend: &'static str,
+    },
+    /// The configuration given when opening the store is unusable.
+    #[error("invalid changelog configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ChangeLogError {
+    /// Whether retrying the same call later may succeed (busy store, I/O
+    /// hiccup, …) as opposed to a permanent condition (schema or config).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ChangeLogError::Busy { .. }
+                | ChangeLogError::Storage { .. }
+                | ChangeLogError::WorkerUnavailable { .. }
+        )
+    }
+}
+
+/// A payload could not be decoded by its [`Payload`](super::Payload) codec.
+///
+/// The recovery loop quarantines such entries instead of retrying them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable changelog payload: {reason}")]
+pub struct DecodeError {
+    /// What was wrong with the bytes.
+    pub reason: String,
+}
+
+impl DecodeError {
+    /// A decode error with the given explanation.
+    pub fn new(reason: impl Into<String>) -> Self {
+        DecodeError {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a [`ChangeManager`](super::ChangeManager) could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerConfigError {
+    /// The heartbeat ttl exceeds the log's staleness threshold: the store
+    /// could call an entry stale (and let recovery claim it) while its
+    /// writer's `Validity` still reads valid, which is exactly the
+    /// data-loss race the validity deadline exists to prevent.
+    #[error(
+        "heartbeat ttl {ttl:?} exceeds the changelog's staleness threshold {staleness:?}; \
+         recovery could claim an entry whose writer still believes it valid"
+    )]
+    TtlExceedsStaleness {
+        /// The heartbeat's ttl.
+        ttl: Duration,
+        /// The log's staleness threshold.
+        staleness: Duration,
+    },
+}

@@ -1,0 +1,402 @@
+//! A write-ahead changelog with fenced heartbeats and exactly-once claims.
+//!
+//! An operation with side effects in several stores (a blob written to a
+//! blob store, then a metadata row pointing to it) first records what it is
+//! about to do in a [`ChangeLog`], keeps the entry alive while it works, and
+//! removes it when it is done. If the writer dies, its entry stops being
+//! refreshed, goes *stale*, and a recovering instance claims it and runs an
+//! idempotent cleanup.
+//!
+//! | call | what it guarantees |
+//! |---|---|
+//! | [`record`](ChangeLog::record) | the entry is durable before it returns; returns the [`Fence`] that owns it |
+//! | [`refresh`](ChangeLog::refresh) | keeps the entry alive *only if the fence still owns it*; never recreates a removed entry, never re-owns a claimed one |
+//! | [`remove`](ChangeLog::remove) | idempotent; a fenced-out remove changes nothing |
+//! | [`claim_stale`](ChangeLog::claim_stale) | claims up to `max` stale entries; exactly one claimer wins each, and the previous owner is fenced out |
+//! | [`quarantine`](ChangeLog::quarantine) | parks a poison entry: never claimed again, still listable |
+//!
+//! # Fencing
+//!
+//! Every entry carries an owner and a *generation*. `record` creates it at
+//! generation 1; every successful claim moves it to a new owner and the next
+//! generation. Conditional calls compare the caller's [`Fence`] with the
+//! stored owner and generation, so once an entry has been claimed its
+//! previous owner can neither keep it alive nor remove it — the flaw of
+//! logs whose heartbeat is an unconditional upsert, where a late heartbeat
+//! resurrects a removed entry or steals back a claimed one.
+//!
+//! # Staleness is judged on the store's clock
+//!
+//! An entry is stale when its last refresh is at least the log's
+//! [`staleness`](ChangeLog::staleness) threshold old, measured on the
+//! *store's* clock ([`MemoryChangeLog`]: its injected [`Clock`]; SQLite: the
+//! clock of the machine holding the file, read inside each statement). Writers
+//! never compare their own clocks with each other's.
+//!
+//! # Backends
+//!
+//! | backend | durability | sharing |
+//! |---|---|---|
+//! | [`MemoryChangeLog`] | none (tests, simulations) | clones of one value, in one process |
+//! | `SqliteChangeLog` (feature `sqlite`, default) | WAL, fsync on commit | several processes on one machine |
+//!
+//! On top of the log, [`ChangeManager`] / [`ChangeGuard`] run a writer's
+//! operation (heartbeat, validity-gated commit, cleanup), and
+//! [`RecoveryLoop`](crate::recovery::RecoveryLoop) runs recovery.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use leasehold::changelog::{ChangeLog, MemoryChangeLog, Ownership, OwnerId, Removal};
+//! use leasehold::clock::ManualClock;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let clock = ManualClock::new();
+//! let log = MemoryChangeLog::new(Arc::new(clock.clone()), Duration::from_secs(30));
+//!
+//! let writer = OwnerId::new("writer-1");
+//! let fence = log.record(&writer, b"object=a new=blob-7".to_vec()).await?;
+//!
+//! // The writer dies; 30 s later its entry is stale and a recoverer claims it.
+//! clock.advance(Duration::from_secs(30));
+//! let recoverer = OwnerId::new("recovery-1");
+//! let claimed = log.claim_stale(&recoverer, 100).await?;
+//! assert_eq!(claimed.len(), 1);
+//!
+//! // The old owner is fenced out: its heartbeat reports the loss, and its
+//! // remove changes nothing.
+//! assert_eq!(log.refresh(&fence).await?, Ownership::Lost);
+//! assert_eq!(log.remove(&fence).await?, Removal::Fenced);
+//!
+//! // The recoverer cleans up and removes the entry; removing twice is fine.
+//! assert_eq!(log.remove(&claimed[0].fence).await?, Removal::Removed);
+//! assert_eq!(log.remove(&claimed[0].fence).await?, Removal::Absent);
+//! # Ok(()) }
+//! ```
+//!
+//! [`Clock`]: crate::clock::Clock
+
+mod codec;
+mod error;
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use codec::{FieldReader, FieldWriter, Payload};
+pub use error::{BoxError, ChangeLogError, DecodeError, ManagerConfigError};
+pub use memory::MemoryChangeLog;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durability, SqliteChangeLog, SqliteChangeLogBuilder};
+
+/// Identifies one changelog entry; assigned by the store, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId(u64);
+
+impl EntryId {
+    /// Wraps a store-assigned id (for backend implementations).
+    pub const fn new(id: u64) -> Self {
+        EntryId(id)
+    }
+
+    /// The numeric id.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Names the instance (writer or recoverer) that owns an entry.
+///
+/// Two live instances must not share an owner id; [`OwnerId::unique`]
+/// makes one that is unique across processes and restarts.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OwnerId(Arc<str>);
+
+impl OwnerId {
+    /// An owner id with the given name.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        OwnerId(name.into())
+    }
+
+    /// `"{prefix}-{pid}-{random}"`: unique across processes and restarts.
+    pub fn unique(prefix: &str) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        // `RandomState` is seeded from the OS's randomness per process.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        OwnerId::new(format!(
+            "{prefix}-{}-{:016x}",
+            std::process::id(),
+            hasher.finish()
+        ))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OwnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for OwnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The fencing token of one ownership of one entry: entry id, owner and
+/// generation.
+///
+/// Returned by [`ChangeLog::record`] and in every [`ClaimedEntry`]; required
+/// by the conditional calls. A fence stops working as soon as the entry is
+/// claimed by someone else (the generation moves on) or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    id: EntryId,
+    owner: OwnerId,
+    generation: u64,
+}
+
+impl Fence {
+    /// A fence (for backend implementations; a forged fence is harmless: it
+    /// only ever fails to match).
+    pub fn new(id: EntryId, owner: OwnerId, generation: u64) -> Self {
+        Fence {
+            id,
+            owner,
+            generation,
+        }
+    }
+
+    /// The entry.
+    pub fn id(&self) -> EntryId {
+        self.id
+    }
+
+    /// The owner this fence was issued to.
+    pub fn owner(&self) -> &OwnerId {
+        &self.owner
+    }
+
+    /// The generation this fence was issued for (1 for the recording writer,
+    /// incremented by each claim).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// Whether a fence still owns its entry, as reported by
+/// [`ChangeLog::refresh`] and [`ChangeLog::quarantine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ownership {
+    /// The fence owns the entry; the call took effect.
+    Held,
+    /// The entry was claimed by another owner, removed, or quarantined: the
+    /// call changed nothing, and the caller must stop acting on the entry.
+    Lost,
+}
+
+/// The result of [`ChangeLog::remove`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Removal {
+    /// This call removed the entry.
+    Removed,
+    /// No such entry (already removed): nothing to do.
+    Absent,
+    /// The entry exists but is owned by a later generation: nothing changed.
+    Fenced,
+}
+
+/// One entry won by [`ChangeLog::claim_stale`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClaimedEntry {
+    /// The claimer's fence: the entry's new owner and generation.
+    pub fence: Fence,
+    /// The payload the writer recorded.
+    pub payload: Vec<u8>,
+    /// How many times the entry has been claimed, this claim included. An
+    /// entry claimed again and again never completes its cleanup (its
+    /// recoverers crash on it): a candidate for quarantine.
+    pub claims: u32,
+}
+
+/// Whether an entry is live or parked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EntryState {
+    /// Owned, refreshed, claimable once stale.
+    Active,
+    /// Parked by [`ChangeLog::quarantine`]: never claimed again.
+    Quarantined {
+        /// Why it was quarantined.
+        reason: String,
+    },
+}
+
+/// A snapshot of one entry, for inspection ([`ChangeLog::get`],
+/// [`ChangeLog::list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// The entry's current fence (owner and generation).
+    pub fence: Fence,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// How many times the entry has been claimed.
+    pub claims: u32,
+    /// Time since the last refresh (or record, or claim), on the store's clock.
+    pub age: Duration,
+    /// Live or quarantined.
+    pub state: EntryState,
+}
+
+/// A durable write-ahead changelog with fenced ownership.
+///
+/// Implementations must make [`claim_stale`](ChangeLog::claim_stale)
+/// exclusive across every handle on the same store (other processes
+/// included), and judge staleness on the store's clock. The conformance
+/// suite in `tests/changelog_conformance/` states the contract as tests;
+/// every backend runs it.
+///
+/// Handles are cheap to clone where the backend allows it; the futures are
+/// `Send` so they can run on any executor thread.
+pub trait ChangeLog: Send + Sync + 'static {
+    /// The staleness threshold: an entry whose last refresh is at least this
+    /// old (on the store's clock) may be claimed.
+    fn staleness(&self) -> Duration;
+
+    /// Durably records a new entry owned by `owner` at generation 1.
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed; the entry then does not
+    /// exist.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: if the future is dropped, the entry may or may not
+    /// have been recorded (and if it was, it goes stale and is recovered).
+    fn record(
+        &self,
+        owner: &OwnerId,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<Fence, ChangeLogError>> + Send;
+
+    /// Resets the entry's age, if `fence` still owns it and it is active.
+    ///
+    /// Returns [`Ownership::Lost`] (changing nothing) if the entry was
+    /// claimed by another generation, removed or quarantined.
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the refresh either happened or did not, and either way
+    /// repeating it is harmless.
+    fn refresh(
+        &self,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<Ownership, ChangeLogError>> + Send;
+
+    /// Removes the entry if `fence` owns it (active or quarantined).
+    /// Idempotent: removing an absent entry reports [`Removal::Absent`].
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: repeat the call to learn the outcome.
+    fn remove(&self, fence: &Fence)
+    -> impl Future<Output = Result<Removal, ChangeLogError>> + Send;
+
+    /// Atomically claims up to `max` active entries whose last refresh is at
+    /// least [`staleness`](ChangeLog::staleness) old, oldest first: each is
+    /// given to `owner` at the next generation and its age reset. Exactly
+    /// one concurrent claimer wins each entry; the previous owner's fence
+    /// stops working.
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed; then nothing was claimed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: entries claimed by a dropped call are owned by
+    /// `owner` but unknown to the caller; they go stale again and are
+    /// reclaimed after the threshold.
+    fn claim_stale(
+        &self,
+        owner: &OwnerId,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<ClaimedEntry>, ChangeLogError>> + Send;
+
+    /// Parks the entry owned by `fence`: it is never claimed again but stays
+    /// listable, with `reason`, for an operator (who may
+    /// [`remove`](ChangeLog::remove) it with the same fence).
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: repeat the call to learn the outcome.
+    fn quarantine(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> impl Future<Output = Result<Ownership, ChangeLogError>> + Send;
+
+    /// A snapshot of one entry, active or quarantined.
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (read only).
+    fn get(
+        &self,
+        id: EntryId,
+    ) -> impl Future<Output = Result<Option<EntryInfo>, ChangeLogError>> + Send;
+
+    /// Snapshots of every entry, active and quarantined, by id.
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (read only).
+    fn list(&self) -> impl Future<Output = Result<Vec<EntryInfo>, ChangeLogError>> + Send;
+}

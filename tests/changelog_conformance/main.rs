@@ -1,0 +1,49 @@
+//! The `ChangeLog` contract, as tests, run against every backend.
+//!
+//! Each property is one generic `async fn` in [`suite`], written against a
+//! [`Fixture`]: a fresh store, handles on it (separate connections where the
+//! backend has them), and a way to age every entry on the store's clock
+//! without sleeping. A backend joins the suite with one `conformance!` line.
+
+mod fixtures;
+mod suite;
+
+pub use fixtures::Fixture;
+
+/// Instantiates every property of the suite for one backend fixture.
+macro_rules! conformance {
+    ($backend:ident: $fixture:ty) => {
+        mod $backend {
+            conformance!(@tests $fixture;
+                record_is_durable_readable_and_owned_at_generation_one,
+                entry_ids_are_never_reused,
+                fresh_entries_are_not_claimed,
+                stale_entries_are_claimed_oldest_first_up_to_max,
+                claim_of_zero_claims_nothing,
+                refresh_keeps_an_entry_from_going_stale,
+                claim_fences_out_the_previous_owner,
+                fenced_out_refresh_does_not_keep_the_entry_alive,
+                refresh_never_recreates_a_removed_entry,
+                remove_is_idempotent,
+                fenced_out_remove_changes_nothing,
+                quarantined_entries_are_never_claimed_but_stay_listable,
+                fenced_out_quarantine_changes_nothing,
+                each_reclaim_moves_to_the_next_generation_and_counts_claims,
+                concurrent_claimers_win_each_entry_exactly_once,
+                entry_age_is_measured_on_the_store_clock
+            );
+        }
+    };
+    (@tests $fixture:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                crate::suite::$name::<$fixture>().await;
+            }
+        )*
+    };
+}
+
+conformance!(memory: crate::fixtures::MemoryFixture);
+#[cfg(feature = "sqlite")]
+conformance!(sqlite: crate::fixtures::SqliteFixture);

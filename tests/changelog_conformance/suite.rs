@@ -1,0 +1,356 @@
+//! The properties every `ChangeLog` backend must have.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use leasehold::changelog::{ChangeLog, EntryId, EntryState, Fence, OwnerId, Ownership, Removal};
+
+use crate::Fixture;
+
+const STALENESS: Duration = Duration::from_secs(60);
+
+fn owner(name: &str) -> OwnerId {
+    OwnerId::new(name)
+}
+
+async fn claim_all<L: ChangeLog>(log: &L, who: &OwnerId) -> Vec<Fence> {
+    log.claim_stale(who, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.fence)
+        .collect()
+}
+
+pub async fn record_is_durable_readable_and_owned_at_generation_one<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), b"payload".to_vec()).await.unwrap();
+    assert_eq!(fence.owner(), &owner("w"));
+    assert_eq!(fence.generation(), 1);
+
+    // Visible through another handle (another connection, where there is one).
+    let other = fx.handle().await;
+    let info = other
+        .get(fence.id())
+        .await
+        .unwrap()
+        .expect("recorded entry");
+    assert_eq!(info.fence, fence);
+    assert_eq!(info.payload, b"payload");
+    assert_eq!(info.claims, 0);
+    assert_eq!(info.state, EntryState::Active);
+    let listed = other.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].fence, fence);
+}
+
+pub async fn entry_ids_are_never_reused<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let first = log.record(&owner("w"), vec![1]).await.unwrap();
+    assert_eq!(log.remove(&first).await.unwrap(), Removal::Removed);
+    let second = log.record(&owner("w"), vec![2]).await.unwrap();
+    assert_ne!(first.id(), second.id());
+    // The old fence (same owner, same generation) must not touch the new entry.
+    assert_eq!(log.refresh(&first).await.unwrap(), Ownership::Lost);
+    assert_eq!(log.remove(&first).await.unwrap(), Removal::Absent);
+    assert!(log.get(second.id()).await.unwrap().is_some());
+}
+
+pub async fn fresh_entries_are_not_claimed<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    log.record(&owner("w"), vec![]).await.unwrap();
+    assert!(log.claim_stale(&owner("r"), 10).await.unwrap().is_empty());
+    fx.advance(STALENESS / 2);
+    assert!(log.claim_stale(&owner("r"), 10).await.unwrap().is_empty());
+    fx.advance(STALENESS / 2);
+    assert_eq!(log.claim_stale(&owner("r"), 10).await.unwrap().len(), 1);
+}
+
+pub async fn stale_entries_are_claimed_oldest_first_up_to_max<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let mut fences = Vec::new();
+    for i in 0..5_u8 {
+        fences.push(log.record(&owner("w"), vec![i]).await.unwrap());
+        fx.advance(Duration::from_secs(1));
+    }
+    fx.advance(STALENESS);
+    let first = log.claim_stale(&owner("r"), 3).await.unwrap();
+    let ids: Vec<EntryId> = first.iter().map(|c| c.fence.id()).collect();
+    assert_eq!(ids, fences[..3].iter().map(Fence::id).collect::<Vec<_>>());
+    for (claimed, i) in first.iter().zip(0_u8..) {
+        assert_eq!(claimed.payload, vec![i]);
+        assert_eq!(claimed.claims, 1);
+        assert_eq!(claimed.fence.owner(), &owner("r"));
+        assert_eq!(claimed.fence.generation(), 2);
+    }
+    let rest = log.claim_stale(&owner("r"), 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|c| c.fence.id()).collect::<Vec<_>>(),
+        fences[3..].iter().map(Fence::id).collect::<Vec<_>>()
+    );
+    // A claim resets the age: nothing is stale right after.
+    assert!(log.claim_stale(&owner("r2"), 10).await.unwrap().is_empty());
+}
+
+pub async fn claim_of_zero_claims_nothing<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    log.record(&owner("w"), vec![]).await.unwrap();
+    fx.advance(STALENESS * 2);
+    assert!(log.claim_stale(&owner("r"), 0).await.unwrap().is_empty());
+    assert_eq!(log.claim_stale(&owner("r"), 1).await.unwrap().len(), 1);
+}
+
+pub async fn refresh_keeps_an_entry_from_going_stale<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    for _ in 0..3 {
+        fx.advance(STALENESS * 2 / 3);
+        assert_eq!(log.refresh(&fence).await.unwrap(), Ownership::Held);
+        assert!(log.claim_stale(&owner("r"), 10).await.unwrap().is_empty());
+    }
+    // Without refreshes it goes stale.
+    fx.advance(STALENESS);
+    assert_eq!(claim_all(&log, &owner("r")).await.len(), 1);
+}
+
+pub async fn claim_fences_out_the_previous_owner<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let writer = fx.handle().await;
+    let recoverer = fx.handle().await;
+    let fence = writer.record(&owner("w"), vec![7]).await.unwrap();
+    fx.advance(STALENESS);
+    let claimed = claim_all(&recoverer, &owner("r")).await;
+    assert_eq!(claimed.len(), 1);
+    let new_fence = &claimed[0];
+    assert_eq!(new_fence.id(), fence.id());
+    assert_eq!(new_fence.generation(), fence.generation() + 1);
+
+    assert_eq!(writer.refresh(&fence).await.unwrap(), Ownership::Lost);
+    assert_eq!(writer.remove(&fence).await.unwrap(), Removal::Fenced);
+    let info = writer.get(fence.id()).await.unwrap().expect("still there");
+    assert_eq!(&info.fence, new_fence, "the late writer changed nothing");
+    assert_eq!(info.payload, vec![7]);
+
+    // The new owner holds it.
+    assert_eq!(recoverer.refresh(new_fence).await.unwrap(), Ownership::Held);
+    assert_eq!(recoverer.remove(new_fence).await.unwrap(), Removal::Removed);
+}
+
+pub async fn fenced_out_refresh_does_not_keep_the_entry_alive<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    fx.advance(STALENESS);
+    let claimed = claim_all(&log, &owner("r1")).await;
+    assert_eq!(claimed.len(), 1);
+    // The recoverer dies too; the old writer keeps heartbeating in vain.
+    for _ in 0..2 {
+        fx.advance(STALENESS / 2);
+        assert_eq!(log.refresh(&fence).await.unwrap(), Ownership::Lost);
+    }
+    let reclaimed = claim_all(&log, &owner("r2")).await;
+    assert_eq!(
+        reclaimed.len(),
+        1,
+        "the entry went stale despite the late heartbeats"
+    );
+    assert_eq!(reclaimed[0].generation(), 3);
+}
+
+pub async fn refresh_never_recreates_a_removed_entry<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    assert_eq!(log.remove(&fence).await.unwrap(), Removal::Removed);
+    assert_eq!(log.refresh(&fence).await.unwrap(), Ownership::Lost);
+    assert!(log.get(fence.id()).await.unwrap().is_none());
+    assert!(log.list().await.unwrap().is_empty());
+}
+
+pub async fn remove_is_idempotent<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    let keep = log.record(&owner("w"), vec![]).await.unwrap();
+    assert_eq!(log.remove(&fence).await.unwrap(), Removal::Removed);
+    assert_eq!(log.remove(&fence).await.unwrap(), Removal::Absent);
+    assert_eq!(log.remove(&fence).await.unwrap(), Removal::Absent);
+    let left: Vec<_> = log
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.fence)
+        .collect();
+    assert_eq!(left, vec![keep]);
+}
+
+pub async fn fenced_out_remove_changes_nothing<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    fx.advance(STALENESS);
+    let claimed = claim_all(&log, &owner("r")).await;
+    let before = log.get(fence.id()).await.unwrap().unwrap();
+    assert_eq!(log.remove(&fence).await.unwrap(), Removal::Fenced);
+    // A forged fence naming the right generation but another owner is fenced too.
+    let forged = Fence::new(fence.id(), owner("w"), claimed[0].generation());
+    assert_eq!(log.remove(&forged).await.unwrap(), Removal::Fenced);
+    let after = log.get(fence.id()).await.unwrap().unwrap();
+    assert_eq!(after.fence, before.fence);
+    assert_eq!(after.claims, before.claims);
+    assert_eq!(after.state, EntryState::Active);
+}
+
+pub async fn quarantined_entries_are_never_claimed_but_stay_listable<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let poison = log.record(&owner("w"), b"\xff".to_vec()).await.unwrap();
+    let healthy = log.record(&owner("w"), vec![]).await.unwrap();
+    fx.advance(STALENESS);
+    let claimed = claim_all(&log, &owner("r")).await;
+    assert_eq!(claimed.len(), 2);
+    let poison_fence = claimed.iter().find(|f| f.id() == poison.id()).unwrap();
+    assert_eq!(
+        log.quarantine(poison_fence, "cannot decode").await.unwrap(),
+        Ownership::Held
+    );
+    // Idempotent, keeping the first reason.
+    assert_eq!(
+        log.quarantine(poison_fence, "second reason").await.unwrap(),
+        Ownership::Held
+    );
+    // A quarantined entry is not alive: its owner's heartbeat reports the loss.
+    assert_eq!(log.refresh(poison_fence).await.unwrap(), Ownership::Lost);
+
+    fx.advance(STALENESS * 10);
+    let reclaimed = claim_all(&log, &owner("r2")).await;
+    assert_eq!(
+        reclaimed.iter().map(Fence::id).collect::<Vec<_>>(),
+        vec![healthy.id()],
+        "only the healthy entry is claimable"
+    );
+    let info = log.get(poison.id()).await.unwrap().expect("still listed");
+    assert_eq!(
+        info.state,
+        EntryState::Quarantined {
+            reason: "cannot decode".into()
+        }
+    );
+    assert_eq!(info.payload, b"\xff");
+    assert_eq!(log.list().await.unwrap().len(), 2);
+    // An operator removes it with the quarantining fence.
+    assert_eq!(log.remove(poison_fence).await.unwrap(), Removal::Removed);
+}
+
+pub async fn fenced_out_quarantine_changes_nothing<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    fx.advance(STALENESS);
+    claim_all(&log, &owner("r")).await;
+    assert_eq!(
+        log.quarantine(&fence, "late").await.unwrap(),
+        Ownership::Lost
+    );
+    let info = log.get(fence.id()).await.unwrap().unwrap();
+    assert_eq!(info.state, EntryState::Active);
+}
+
+pub async fn each_reclaim_moves_to_the_next_generation_and_counts_claims<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    for round in 1..=4_u32 {
+        fx.advance(STALENESS);
+        let claimed = log
+            .claim_stale(&owner(&format!("r{round}")), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].fence.id(), fence.id());
+        assert_eq!(claimed[0].fence.generation(), u64::from(round) + 1);
+        assert_eq!(claimed[0].claims, round);
+    }
+}
+
+pub async fn concurrent_claimers_win_each_entry_exactly_once<F: Fixture>() {
+    const ENTRIES: usize = 300;
+    const CLAIMERS: usize = 4;
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let mut recorded = HashSet::new();
+    for i in 0..ENTRIES {
+        let fence = log
+            .record(&owner("w"), i.to_le_bytes().to_vec())
+            .await
+            .unwrap();
+        recorded.insert(fence.id());
+    }
+    let mut handles = Vec::new();
+    for _ in 0..CLAIMERS {
+        handles.push(fx.handle().await);
+    }
+    fx.advance(STALENESS);
+    let tasks: Vec<_> = handles
+        .into_iter()
+        .enumerate()
+        .map(|(n, handle)| {
+            tokio::spawn(async move {
+                let me = OwnerId::new(format!("claimer-{n}"));
+                let mut won = Vec::new();
+                loop {
+                    let batch = handle.claim_stale(&me, 7).await.unwrap();
+                    if batch.is_empty() {
+                        break won;
+                    }
+                    won.extend(batch.into_iter().map(|c| c.fence));
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut winners = 0;
+    for task in tasks {
+        let won = task.await.unwrap();
+        if !won.is_empty() {
+            winners += 1;
+        }
+        for fence in won {
+            assert_eq!(fence.generation(), 2, "claimed once, so generation 2");
+            assert!(seen.insert(fence.id()), "{} claimed twice", fence.id());
+        }
+    }
+    assert_eq!(seen, recorded, "every entry claimed exactly once");
+    assert!(winners >= 1);
+    // Every entry is owned by whoever won it.
+    for info in log.list().await.unwrap() {
+        assert!(info.fence.owner().as_str().starts_with("claimer-"));
+        assert_eq!(info.claims, 1);
+    }
+}
+
+pub async fn entry_age_is_measured_on_the_store_clock<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    fx.advance(Duration::from_secs(5));
+    let age = log.get(fence.id()).await.unwrap().unwrap().age;
+    assert!(
+        age >= Duration::from_secs(5) && age < Duration::from_secs(7),
+        "age {age:?} should be the store time elapsed since the record (5 s)"
+    );
+    assert_eq!(log.refresh(&fence).await.unwrap(), Ownership::Held);
+    let age = log.get(fence.id()).await.unwrap().unwrap().age;
+    assert!(
+        age < Duration::from_secs(2),
+        "a refresh resets the age, got {age:?}"
+    );
+}
