@@ -1,0 +1,5 @@
+#![cfg(loom)]
+#[test]
+fn smoke() {
+    loom::model(|| {});
+}
