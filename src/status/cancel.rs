@@ -54,6 +54,14 @@ impl CancelSignal {
 
     /// Sets the signal, waking everything that waits for it. Returns `true`
     /// if this call set it, `false` if it was set already.
+    ///
+    /// ```
+    /// let cancel = leasehold::status::CancelSignal::new();
+    /// assert!(!cancel.is_cancelled());
+    /// assert!(cancel.cancel());
+    /// assert!(!cancel.cancel());
+    /// assert!(cancel.is_cancelled());
+    /// ```
     pub fn cancel(&self) -> bool {
         self.cancelled
             .modify_if(|cancelled| !std::mem::replace(cancelled, true))
@@ -69,12 +77,34 @@ impl CancelSignal {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future unregisters it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cancel = leasehold::status::CancelSignal::new();
+    /// let job = tokio::spawn({
+    ///     let cancel = cancel.clone();
+    ///     async move { cancel.cancelled().await; "stopped" }
+    /// });
+    /// cancel.cancel();
+    /// assert_eq!(job.await.unwrap(), "stopped");
+    /// # }
+    /// ```
     pub async fn cancelled(&self) {
         // The cell is private and never closed, so the wait cannot fail.
         let _ = self.cancelled.wait_for(|cancelled| *cancelled).await;
     }
 
     /// Blocks the current thread until the signal is set.
+    ///
+    /// ```
+    /// let cancel = leasehold::status::CancelSignal::new();
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| cancel.cancel());
+    ///     cancel.blocking_cancelled();
+    /// });
+    /// ```
     pub fn blocking_cancelled(&self) {
         let _ = self.cancelled.blocking_wait_for(|cancelled| *cancelled);
     }
@@ -103,6 +133,17 @@ impl CancelSignal {
     /// # Cancel safety
     ///
     /// As cancel safe as `work` itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cancel = leasehold::status::CancelSignal::new();
+    /// assert_eq!(cancel.run_until_cancelled(async { 7 }).await, Some(7));
+    /// cancel.cancel();
+    /// assert_eq!(cancel.run_until_cancelled(std::future::pending::<u8>()).await, None);
+    /// # }
+    /// ```
     pub async fn run_until_cancelled<F: Future>(&self, work: F) -> Option<F::Output> {
         let work = pin!(work);
         let cancelled = pin!(self.cancelled());
