@@ -12,6 +12,7 @@
 //! | primitive | pick it for |
 //! |---|---|
 //! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds |
+//! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //!
 //! Everything that reasons about time reads it from an injected
 //! [`clock::Clock`], so tests use [`clock::ManualClock`] or tokio's paused
@@ -28,6 +29,7 @@
 //!     let frontier = frontier.clone();
 //!     async move { frontier.wait_for(|f| *f >= 10).await }
 //! });
+//! tokio::task::yield_now().await; // let the reader register its predicate
 //! for f in 1..=10 {
 //!     frontier.modify(|v| *v = f);
 //! }
@@ -35,6 +37,24 @@
 //! // Ten modifications, one wake-up: the reader's predicate was tested by
 //! // the writer, and it was woken only when it held.
 //! assert_eq!(frontier.stats().wakeups, 1);
+//! # }
+//! ```
+//!
+//! ## Deduplicated syncs
+//!
+//! ```
+//! use leasehold::status::{SyncOutcome, SyncRegistry};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let syncs = SyncRegistry::new();
+//! // Two handlers ask for blob 7 at once: one job runs, both learn how it went.
+//! let a = syncs.start(7, |_cancel| async { SyncOutcome::Success });
+//! let b = syncs.start(7, |_cancel| async { SyncOutcome::Skipped });
+//! assert_eq!((a.done().await, b.done().await), (SyncOutcome::Success, SyncOutcome::Success));
+//! // A job that panics reports it, and frees its key for a retry.
+//! let c = syncs.start(7, |_cancel| async { panic!("blob 7 is corrupt") });
+//! assert_eq!(c.done().await, SyncOutcome::Failed("blob 7 is corrupt".into()));
+//! assert_eq!(syncs.in_flight(), 0);
 //! # }
 //! ```
 #![warn(
