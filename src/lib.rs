@@ -12,6 +12,7 @@
 //! | primitive | pick it for |
 //! |---|---|
 //! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds |
+//! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
 //!
 //! Everything that reasons about time reads it from an injected
 //! [`clock::Clock`], so tests use [`clock::ManualClock`] or tokio's paused
@@ -28,6 +29,7 @@
 //!     let frontier = frontier.clone();
 //!     async move { frontier.wait_for(|f| *f >= 10).await }
 //! });
+//! tokio::task::yield_now().await; // let the reader register its wait
 //! for f in 1..=10 {
 //!     frontier.modify(|v| *v = f);
 //! }
