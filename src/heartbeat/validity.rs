@@ -379,7 +379,8 @@ impl Validity {
     /// # }
     /// ```
     pub async fn run_while_valid<F: IntoFuture>(&self, commit: F) -> Result<F::Output, Invalid> {
-        self.check()?;
+        // The first poll checks validity before it polls `commit`: one clock
+        // read for a commit that is ready at once.
         let mut commit = pin!(commit.into_future());
         // Built lazily: a commit that is ready at once never arms a sleep.
         let mut invalidated = pin!(self.invalidated());
