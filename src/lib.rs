@@ -39,6 +39,32 @@
 //! assert_eq!(frontier.stats().wakeups, 1);
 //! # }
 //! ```
+//!
+//! ## A validity-gated commit
+//!
+//! ```
+//! use leasehold::heartbeat::{BeatError, Heartbeat, HeartbeatConfig};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! // Refresh the changelog entry every 10 s; others treat it as stale after 30 s.
+//! let config = HeartbeatConfig::builder(Duration::from_secs(10))
+//!     .margin(Duration::from_secs(2))
+//!     .build()
+//!     .unwrap();
+//! let heartbeat = Heartbeat::spawn(&config, || async {
+//!     // store.refresh(entry, owner_token).await.map_err(BeatError::transient)
+//!     Ok::<(), BeatError>(())
+//! });
+//! let validity = heartbeat.validity();
+//!
+//! // The CAS runs only while the entry is still ours, and is cut off at the
+//! // deadline if the store hangs.
+//! let committed = validity.run_while_valid(async { /* cas(pointer).await */ 42 }).await;
+//! assert_eq!(committed, Ok(42));
+//! heartbeat.stop().await; // stop refreshing, then remove the entry
+//! # }
+//! ```
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -228,6 +228,11 @@ impl Validity {
     /// with the time driver; a [`ManualClock`](crate::clock::ManualClock)
     /// wakes it when advanced past the deadline, on any executor.
     ///
+    /// # Panics
+    ///
+    /// With [`SystemClock`](crate::clock::SystemClock), when polled outside a
+    /// tokio runtime with the time driver enabled (as `tokio::time::sleep`).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only observes the token.
@@ -357,6 +362,12 @@ impl Validity {
     ///
     /// [`Invalid`] if the token was invalid before `commit` was first polled,
     /// or became invalid while it was pending.
+    ///
+    /// # Panics
+    ///
+    /// If `commit` panics. With [`SystemClock`](crate::clock::SystemClock),
+    /// if `commit` is pending outside a tokio runtime with the time driver
+    /// (the deadline is slept as [`invalidated`](Self::invalidated) does).
     ///
     /// # Cancel safety
     ///
