@@ -1,0 +1,332 @@
+//! The one-shot, many-reader status channel: [`channel`], [`SyncPublisher`]
+//! and [`SyncReceiver`].
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::{Outcome, SyncOutcome, SyncStatus, TimedOut};
+use crate::WatchCell;
+use crate::watch_cell::WakeList;
+use crate::watch_cell::{Closed, WaitTimeoutError};
+
+/// Creates a status channel: one [`SyncPublisher`] that publishes the outcome
+/// exactly once, and a first [`SyncReceiver`] (clone it, or call
+/// [`subscribe`](SyncPublisher::subscribe), for more).
+///
+/// # Examples
+///
+/// ```
+/// use leasehold::status::{self, SyncOutcome, SyncStatus};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (publisher, receiver) = status::channel();
+/// let waiters: Vec<_> = (0..3)
+///     .map(|_| tokio::spawn({
+///         let receiver = receiver.clone();
+///         async move { receiver.done().await }
+///     }))
+///     .collect();
+/// publisher.publish(SyncOutcome::Skipped);
+/// for waiter in waiters {
+///     assert_eq!(waiter.await.unwrap(), SyncOutcome::Skipped);
+/// }
+/// // Sticky: still readable, by old and new receivers alike.
+/// assert_eq!(receiver.subscribe().status(), SyncStatus::Done(SyncOutcome::Skipped));
+/// # }
+/// ```
+pub fn channel<O: Outcome>() -> (SyncPublisher<O>, SyncReceiver<O>) {
+    let status = WatchCell::new(SyncStatus::Pending);
+    let receiver = SyncReceiver {
+        status: status.clone(),
+    };
+    (
+        SyncPublisher {
+            status: Some(status),
+        },
+        receiver,
+    )
+}
+
+/// The publishing half of a status channel: publishes the outcome of one
+/// sync, exactly once.
+///
+/// [`publish`](Self::publish) consumes it, so a second publication does not
+/// compile. Dropping it without publishing publishes
+/// [`Outcome::abandoned`] ([`SyncOutcome::Cancelled`] by default): a job that
+/// is dropped, aborted or shut down never leaves its receivers hanging.
+pub struct SyncPublisher<O: Outcome = SyncOutcome> {
+    /// `None` once published.
+    status: Option<WatchCell<SyncStatus<O>>>,
+}
+
+impl<O: Outcome> SyncPublisher<O> {
+    /// Publishes `outcome`: every current waiter is woken with it, and every
+    /// receiver, now or later, reads it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{self, SyncOutcome};
+    ///
+    /// let (publisher, receiver) = status::channel();
+    /// publisher.publish(SyncOutcome::Success);
+    /// assert_eq!(receiver.blocking_done(), SyncOutcome::Success);
+    /// ```
+    pub fn publish(mut self, outcome: O) {
+        drop(self.publish_once(outcome));
+    }
+
+    /// A new receiver of this channel.
+    ///
+    /// ```
+    /// let (publisher, _) = leasehold::status::channel::<leasehold::status::SyncOutcome>();
+    /// let receiver = publisher.subscribe();
+    /// assert!(receiver.status().is_pending());
+    /// ```
+    pub fn subscribe(&self) -> SyncReceiver<O> {
+        SyncReceiver {
+            status: self.cell().clone(),
+        }
+    }
+
+    /// Whether `receiver` listens to this publisher.
+    pub fn same_channel(&self, receiver: &SyncReceiver<O>) -> bool {
+        self.cell().same_cell(&receiver.status)
+    }
+
+    fn cell(&self) -> &WatchCell<SyncStatus<O>> {
+        self.status
+            .as_ref()
+            .expect("`status` is `Some` until the publisher is consumed or dropped")
+    }
+
+    /// Publishes like [`publish`](Self::publish), but returns the wake-ups
+    /// instead of delivering them (they are delivered when dropped), so the
+    /// registry can publish under its map lock and wake after releasing it.
+    pub(crate) fn publish_deferred(mut self, outcome: O) -> WakeList {
+        self.publish_once(outcome)
+    }
+
+    fn publish_once(&mut self, outcome: O) -> WakeList {
+        match self.status.take() {
+            // The only write to the cell: `Pending -> Done` happens once, here.
+            Some(status) => {
+                let ((), wakes) = status.modify_deferred(|current| {
+                    *current = SyncStatus::Done(outcome);
+                    (true, ())
+                });
+                wakes
+            }
+            None => WakeList::default(),
+        }
+    }
+}
+
+impl<O: Outcome> Drop for SyncPublisher<O> {
+    fn drop(&mut self) {
+        if self.status.is_some() {
+            drop(self.publish_once(O::abandoned()));
+        }
+    }
+}
+
+impl<O: Outcome + fmt::Debug> fmt::Debug for SyncPublisher<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncPublisher")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// The receiving half of a status channel: reads or waits for the outcome.
+///
+/// Cheap to clone; every clone sees the same outcome. A receiver never
+/// hangs for good: either the outcome is published, or the publisher is
+/// dropped and [`Outcome::abandoned`] is published for it.
+///
+/// | you want… | async | blocking thread |
+/// |---|---|---|
+/// | the status now | [`status`](Self::status) | same |
+/// | to wait for the outcome | [`done`](Self::done) | [`blocking_done`](Self::blocking_done), [`_deadline`](Self::blocking_done_deadline), [`_timeout`](Self::blocking_done_timeout) |
+///
+/// For an async wait with a time limit, wrap [`done`](Self::done) in
+/// `tokio::time::timeout`; it is cancel safe.
+pub struct SyncReceiver<O = SyncOutcome> {
+    status: WatchCell<SyncStatus<O>>,
+}
+
+impl<O> SyncReceiver<O> {
+    /// The status now.
+    ///
+    /// ```
+    /// use leasehold::status::{self, SyncOutcome, SyncStatus};
+    ///
+    /// let (publisher, receiver) = status::channel();
+    /// assert_eq!(receiver.status(), SyncStatus::Pending);
+    /// publisher.publish(SyncOutcome::Success);
+    /// assert_eq!(receiver.status(), SyncStatus::Done(SyncOutcome::Success));
+    /// ```
+    pub fn status(&self) -> SyncStatus<O>
+    where
+        O: Clone,
+    {
+        self.status.read(SyncStatus::clone)
+    }
+
+    /// Whether the outcome was published.
+    pub fn is_done(&self) -> bool {
+        self.status.read(SyncStatus::is_done)
+    }
+
+    /// A new receiver of the same channel (the same as `clone`).
+    pub fn subscribe(&self) -> Self {
+        self.clone()
+    }
+
+    /// Whether `self` and `other` listen to the same publisher.
+    pub fn same_channel(&self, other: &Self) -> bool {
+        self.status.same_cell(&other.status)
+    }
+
+    /// How many waits on this channel are parked right now (async and
+    /// blocking), for observability and tests.
+    pub fn waiting(&self) -> usize {
+        self.status.stats().waiters
+    }
+
+    /// Waits for the outcome and returns it. Resolves at once if it is
+    /// already published.
+    ///
+    /// The task is woken once, when the outcome is published (or the
+    /// publisher dropped).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future unregisters it, and a later call
+    /// returns the same outcome.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{self, SyncOutcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (publisher, receiver) = status::channel::<SyncOutcome>();
+    /// let waiter = tokio::spawn(async move { receiver.done().await });
+    /// drop(publisher); // never published: the waiter still finishes
+    /// assert_eq!(waiter.await.unwrap(), SyncOutcome::Cancelled);
+    /// # }
+    /// ```
+    pub async fn done(&self) -> O
+    where
+        O: Clone + Send,
+    {
+        self.status
+            .wait_for_map(|status| status.outcome().cloned())
+            .await
+            .unwrap_or_else(never_closed)
+    }
+
+    /// Blocks the current thread until the outcome is published, and
+    /// returns it. Do not call it from an async task.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{self, SyncOutcome};
+    ///
+    /// let (publisher, receiver) = status::channel();
+    /// std::thread::scope(|s| {
+    ///     s.spawn(move || publisher.publish(SyncOutcome::Success));
+    ///     assert_eq!(receiver.blocking_done(), SyncOutcome::Success);
+    /// });
+    /// ```
+    pub fn blocking_done(&self) -> O
+    where
+        O: Clone + Send,
+    {
+        self.status
+            .blocking_wait_for_map(|status| status.outcome().cloned())
+            .unwrap_or_else(never_closed)
+    }
+
+    /// Like [`blocking_done`](Self::blocking_done), giving up at `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`TimedOut`] if the deadline passes with the sync still pending. An
+    /// outcome published while the wait is timing out wins.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{self, SyncOutcome, TimedOut};
+    /// use std::time::Instant;
+    ///
+    /// let (_publisher, receiver) = status::channel::<SyncOutcome>();
+    /// assert_eq!(receiver.blocking_done_deadline(Instant::now()), Err(TimedOut));
+    /// ```
+    pub fn blocking_done_deadline(&self, deadline: Instant) -> Result<O, TimedOut>
+    where
+        O: Clone + Send,
+    {
+        self.status
+            .blocking_wait_for_map_deadline(|status| status.outcome().cloned(), deadline)
+            .map_err(timed_out)
+    }
+
+    /// Like [`blocking_done`](Self::blocking_done), giving up after
+    /// `timeout` (a deadline computed once, at the call).
+    ///
+    /// # Errors
+    ///
+    /// [`TimedOut`], as [`blocking_done_deadline`](Self::blocking_done_deadline).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{self, SyncOutcome};
+    /// use std::time::Duration;
+    ///
+    /// let (publisher, receiver) = status::channel();
+    /// publisher.publish(SyncOutcome::Skipped);
+    /// // Published already: returns at once.
+    /// assert_eq!(receiver.blocking_done_timeout(Duration::from_secs(60)), Ok(SyncOutcome::Skipped));
+    /// ```
+    pub fn blocking_done_timeout(&self, timeout: Duration) -> Result<O, TimedOut>
+    where
+        O: Clone + Send,
+    {
+        self.status
+            .blocking_wait_for_map_timeout(|status| status.outcome().cloned(), timeout)
+            .map_err(timed_out)
+    }
+}
+
+/// Status cells are private to their channel and never closed.
+fn never_closed<T>(_: Closed) -> T {
+    unreachable!("status cells are never closed")
+}
+
+fn timed_out(error: WaitTimeoutError) -> TimedOut {
+    match error {
+        WaitTimeoutError::TimedOut => TimedOut,
+        WaitTimeoutError::Closed => never_closed(Closed),
+    }
+}
+
+impl<O> Clone for SyncReceiver<O> {
+    fn clone(&self) -> Self {
+        Self {
+            status: self.status.clone(),
+        }
+    }
+}
+
+impl<O: fmt::Debug> fmt::Debug for SyncReceiver<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncReceiver")
+            .field("status", &self.status)
+            .finish()
+    }
+}

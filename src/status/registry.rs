@@ -1,0 +1,559 @@
+//! [`SyncRegistry`]: one in-flight job per key, any number of waiters.
+
+use std::any::Any;
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+
+use super::{CancelSignal, Outcome, SyncOutcome, SyncPublisher, SyncReceiver, channel};
+use crate::sync::{Arc, Mutex};
+
+/// Deduplicates in-flight syncs by key: the first [`start`](Self::start) of
+/// a key spawns its job, every later one until the job finishes subscribes
+/// to the same outcome.
+///
+/// Pick it over a `HashMap<K, watch::Receiver>` you maintain by hand: the
+/// job's publication of its outcome and the removal of its key are **one
+/// atomic step**, so there is no window in which a caller starts a
+/// duplicate job (key already gone, outcome not yet published) or attaches
+/// to a job that has finished (outcome published, key still there). A job
+/// that panics publishes [`Outcome::panicked`] (`Failed` with the panic
+/// message) and frees its key; a job that is dropped unfinished (aborted, or
+/// its runtime shut down) publishes [`Outcome::abandoned`] (`Cancelled`).
+///
+/// Each job receives a [`CancelSignal`], set by [`cancel`](Self::cancel),
+/// [`cancel_where`](Self::cancel_where) or [`cancel_all`](Self::cancel_all).
+/// Cancellation is cooperative: the job stays registered under its key until
+/// it publishes (a `start` in the meantime attaches to it), and the
+/// cancelling caller gets receivers to wait for exactly that.
+///
+/// Dropping the registry cancels every job still in flight; the jobs run on
+/// until they publish, and their receivers stay valid.
+///
+/// To run jobs on something other than the current tokio runtime, use
+/// [`claim`](Self::claim) and publish through the [`KeyedPublisher`] it
+/// hands out.
+///
+/// # Examples
+///
+/// ```
+/// use leasehold::status::{SyncOutcome, SyncRegistry};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let syncs = SyncRegistry::new();
+/// let first = syncs.start("blob-7", |_cancel| async { SyncOutcome::Success });
+/// // Before the job finishes, a second start attaches to it.
+/// let second = syncs.start("blob-7", |_cancel| async { unreachable!("runs once") });
+/// assert!(first.same_channel(&second));
+/// assert_eq!(second.done().await, SyncOutcome::Success);
+/// assert_eq!(syncs.in_flight(), 0);
+/// # }
+/// ```
+pub struct SyncRegistry<K, O = SyncOutcome>
+where
+    K: Eq + Hash,
+    O: Outcome,
+{
+    jobs: Arc<Jobs<K, O>>,
+}
+
+/// The in-flight jobs, shared by the registry and every job's publisher.
+///
+/// **Invariant**: a key is in `map` iff its job's status is `Pending`.
+/// Both halves change together, under the `map` lock: an entry is inserted
+/// with a fresh, pending channel ([`SyncRegistry::claim`]), and removed in
+/// the same critical section that publishes its outcome
+/// ([`KeyedPublisher::finish`]). Nothing else inserts, removes, or publishes.
+/// Lock order: `map`, then a status or cancel cell; never the reverse.
+struct Jobs<K, O> {
+    map: Mutex<HashMap<K, Job<O>>>,
+}
+
+struct Job<O> {
+    status: SyncReceiver<O>,
+    cancel: CancelSignal,
+}
+
+/// What [`SyncRegistry::claim`] found under a key.
+#[derive(Debug)]
+pub enum Claim<K, O = SyncOutcome>
+where
+    K: Eq + Hash,
+    O: Outcome,
+{
+    /// A job is in flight under the key: here is a receiver of its outcome.
+    Attached(SyncReceiver<O>),
+    /// The key was free and is now yours: run the job and publish through
+    /// this publisher, which frees the key.
+    Owner(KeyedPublisher<K, O>),
+}
+
+impl<K, O> SyncRegistry<K, O>
+where
+    K: Eq + Hash,
+    O: Outcome,
+{
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            jobs: Arc::new(Jobs {
+                map: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Claims `key`: attaches to the job in flight under it, or, if there is
+    /// none, registers a new pending job and makes the caller its owner.
+    ///
+    /// This is [`start`](Self::start) without the spawning, for jobs that run
+    /// on a thread or another executor. The owner must eventually publish
+    /// through the [`KeyedPublisher`] (or drop it, which publishes
+    /// [`Outcome::abandoned`]); until then the key stays claimed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{Claim, SyncOutcome, SyncRegistry};
+    ///
+    /// let syncs = SyncRegistry::<u64>::new();
+    /// let Claim::Owner(owner) = syncs.claim(7) else { unreachable!("the key is free") };
+    /// let Claim::Attached(waiter) = syncs.claim(7) else { unreachable!("the key is claimed") };
+    /// std::thread::spawn(move || owner.publish(SyncOutcome::Skipped));
+    /// assert_eq!(waiter.blocking_done(), SyncOutcome::Skipped);
+    /// ```
+    pub fn claim(&self, key: K) -> Claim<K, O>
+    where
+        K: Clone,
+    {
+        let mut map = self.jobs.map.lock();
+        match map.entry(key) {
+            // Present, so pending (invariant): its publication needs the lock
+            // we hold, so the receiver cannot miss it.
+            Entry::Occupied(job) => Claim::Attached(job.get().status.subscribe()),
+            // Absent, so any earlier job under this key has published.
+            Entry::Vacant(slot) => {
+                let (publisher, status) = channel();
+                let cancel = CancelSignal::new();
+                let key = slot.key().clone();
+                slot.insert(Job {
+                    status,
+                    cancel: cancel.clone(),
+                });
+                Claim::Owner(KeyedPublisher {
+                    jobs: Arc::clone(&self.jobs),
+                    key,
+                    publisher: Some(publisher),
+                    cancel,
+                })
+            }
+        }
+    }
+
+    /// Starts `job` for `key` on the current tokio runtime, unless a job is
+    /// in flight under `key` already; either way, returns a receiver of the
+    /// outcome of the job that runs.
+    ///
+    /// `job` is called once, on the spawned task, with the job's
+    /// [`CancelSignal`]. Its output is published to every receiver and frees
+    /// the key in one atomic step. If `job` (or its future) panics,
+    /// [`Outcome::panicked`] with the panic message is published instead.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime (as `tokio::spawn`). The registry
+    /// is left unchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{SyncOutcome, SyncRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let syncs = SyncRegistry::new();
+    /// let panicked = syncs.start(1, |_cancel| async { panic!("disk full") });
+    /// assert_eq!(panicked.done().await, SyncOutcome::Failed("disk full".into()));
+    /// // The key was freed: a new start runs a new job.
+    /// let retried = syncs.start(1, |_cancel| async { SyncOutcome::Success });
+    /// assert_eq!(retried.done().await, SyncOutcome::Success);
+    /// # }
+    /// ```
+    pub fn start<F, Fut>(&self, key: K, job: F) -> SyncReceiver<O>
+    where
+        K: Clone + Send + 'static,
+        O: Send + 'static,
+        F: FnOnce(CancelSignal) -> Fut + Send + 'static,
+        Fut: Future<Output = O> + Send + 'static,
+    {
+        // Before claiming: without a runtime, panic with the map untouched.
+        let runtime = tokio::runtime::Handle::current();
+        match self.claim(key) {
+            Claim::Attached(receiver) => receiver,
+            Claim::Owner(owner) => {
+                let receiver = owner.subscribe();
+                // Detached: the owner publishes (and frees the key) when the
+                // job ends, panics, or its task is dropped unfinished.
+                drop(runtime.spawn(run(owner, job)));
+                receiver
+            }
+        }
+    }
+
+    /// A receiver of the job in flight under `key`, if any; starts nothing.
+    pub fn subscribe<Q>(&self, key: &Q) -> Option<SyncReceiver<O>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let map = self.jobs.map.lock();
+        map.get(key).map(|job| job.status.subscribe())
+    }
+
+    /// Cancels the job in flight under `key`, if any, and returns a receiver
+    /// of its outcome, to wait until it has finished.
+    ///
+    /// The job stays registered until it publishes: a `start` of `key` in the
+    /// meantime attaches to the cancelled job.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{SyncOutcome, SyncRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let syncs = SyncRegistry::new();
+    /// let receiver = syncs.start("blob-3", |cancel| async move {
+    ///     cancel.cancelled().await;
+    ///     SyncOutcome::Cancelled
+    /// });
+    /// let cancelled = syncs.cancel("blob-3").expect("in flight");
+    /// assert_eq!(cancelled.done().await, SyncOutcome::Cancelled);
+    /// assert_eq!(receiver.done().await, SyncOutcome::Cancelled);
+    /// assert!(syncs.cancel("blob-3").is_none());
+    /// # }
+    /// ```
+    pub fn cancel<Q>(&self, key: &Q) -> Option<SyncReceiver<O>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let map = self.jobs.map.lock();
+        map.get(key).map(|job| {
+            job.cancel.cancel();
+            job.status.subscribe()
+        })
+    }
+
+    /// Cancels every job in flight whose key satisfies `predicate`.
+    ///
+    /// `predicate` runs under the registry's lock: it must not call into
+    /// this registry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{SyncOutcome, SyncRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let syncs = SyncRegistry::new();
+    /// for blob in 0..6_u32 {
+    ///     syncs.start(blob, |cancel| async move { cancel.cancelled().await; SyncOutcome::Cancelled });
+    /// }
+    /// let odd = syncs.cancel_where(|blob| blob % 2 == 1);
+    /// assert_eq!(odd.len(), 3);
+    /// let mut finished = odd.finished().await;
+    /// finished.sort_by_key(|(blob, _)| *blob);
+    /// assert_eq!(finished, vec![(1, SyncOutcome::Cancelled), (3, SyncOutcome::Cancelled), (5, SyncOutcome::Cancelled)]);
+    /// assert_eq!(syncs.in_flight(), 3);
+    /// # }
+    /// ```
+    pub fn cancel_where(&self, mut predicate: impl FnMut(&K) -> bool) -> Cancellation<K, O>
+    where
+        K: Clone,
+    {
+        let map = self.jobs.map.lock();
+        let jobs = map
+            .iter()
+            .filter(|(key, _)| predicate(key))
+            .map(|(key, job)| {
+                job.cancel.cancel();
+                (key.clone(), job.status.subscribe())
+            })
+            .collect();
+        Cancellation { jobs }
+    }
+
+    /// Cancels every job in flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{SyncOutcome, SyncRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let syncs = SyncRegistry::new();
+    /// syncs.start("a", |cancel| async move { cancel.cancelled().await; SyncOutcome::Cancelled });
+    /// syncs.start("b", |cancel| async move { cancel.cancelled().await; SyncOutcome::Cancelled });
+    /// let all = syncs.cancel_all();
+    /// assert_eq!(all.finished().await.len(), 2);
+    /// assert_eq!(syncs.in_flight(), 0);
+    /// # }
+    /// ```
+    pub fn cancel_all(&self) -> Cancellation<K, O>
+    where
+        K: Clone,
+    {
+        self.cancel_where(|_| true)
+    }
+
+    /// The number of jobs in flight (claimed keys whose outcome is not yet
+    /// published).
+    pub fn in_flight(&self) -> usize {
+        self.jobs.map.lock().len()
+    }
+}
+
+/// The body of a spawned job: run it, turn a panic into an outcome, publish.
+async fn run<K, O, F, Fut>(owner: KeyedPublisher<K, O>, job: F)
+where
+    K: Eq + Hash,
+    O: Outcome,
+    F: FnOnce(CancelSignal) -> Fut,
+    Fut: Future<Output = O>,
+{
+    let cancel = owner.cancel_signal().clone();
+    // `job` is called inside the guarded future, so a panic while building
+    // the future is caught too. Nothing observes the job's state after a
+    // panic, so asserting unwind safety is sound.
+    let outcome = match AssertUnwindSafe(async move { job(cancel).await })
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(payload) => O::panicked(panic_message(payload.as_ref())),
+    };
+    owner.publish(outcome);
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "job panicked with a non-string payload".to_owned()
+    }
+}
+
+impl<K, O> Default for SyncRegistry<K, O>
+where
+    K: Eq + Hash,
+    O: Outcome,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, O> Drop for SyncRegistry<K, O>
+where
+    K: Eq + Hash,
+    O: Outcome,
+{
+    fn drop(&mut self) {
+        // Nobody could cancel these jobs any more: ask them to stop.
+        for job in self.jobs.map.lock().values() {
+            job.cancel.cancel();
+        }
+    }
+}
+
+impl<K, O> fmt::Debug for SyncRegistry<K, O>
+where
+    K: Eq + Hash + fmt::Debug,
+    O: Outcome,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("SyncRegistry");
+        // `try_lock`: formatting from inside a `cancel_where` predicate must
+        // not deadlock.
+        match self.jobs.map.try_lock() {
+            Some(map) => d.field("in_flight", &map.keys().collect::<Vec<_>>()),
+            None => d.field("in_flight", &format_args!("<locked>")),
+        };
+        d.finish()
+    }
+}
+
+/// The publishing half of a job registered under a key, from
+/// [`SyncRegistry::claim`].
+///
+/// [`publish`](Self::publish) publishes the outcome and frees the key in one
+/// atomic step. Dropping it unpublished does the same with
+/// [`Outcome::abandoned`].
+pub struct KeyedPublisher<K, O = SyncOutcome>
+where
+    K: Eq + Hash,
+    O: Outcome,
+{
+    jobs: Arc<Jobs<K, O>>,
+    key: K,
+    /// `None` once published.
+    publisher: Option<SyncPublisher<O>>,
+    cancel: CancelSignal,
+}
+
+impl<K, O> KeyedPublisher<K, O>
+where
+    K: Eq + Hash,
+    O: Outcome,
+{
+    /// The key this job is registered under.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// The signal set when this job is cancelled through the registry.
+    pub fn cancel_signal(&self) -> &CancelSignal {
+        &self.cancel
+    }
+
+    /// A new receiver of this job's outcome.
+    pub fn subscribe(&self) -> SyncReceiver<O> {
+        self.publisher
+            .as_ref()
+            .expect("`publisher` is `Some` until consumed or dropped")
+            .subscribe()
+    }
+
+    /// Publishes `outcome` and frees the key, atomically: a `start` or
+    /// `claim` of the key either attached to this job before (and receives
+    /// `outcome`), or comes after and starts afresh.
+    pub fn publish(mut self, outcome: O) {
+        self.finish(outcome);
+    }
+
+    /// The registry's atomic step (see the invariant on [`Jobs`]).
+    fn finish(&mut self, outcome: O) {
+        let Some(publisher) = self.publisher.take() else {
+            return;
+        };
+        let mut map = self.jobs.map.lock();
+        // Only this publisher removes its key, so the entry is still ours.
+        let removed = map.remove(&self.key);
+        debug_assert!(
+            removed.is_some_and(|job| publisher.same_channel(&job.status)),
+            "a claimed key was removed by someone other than its publisher"
+        );
+        // Publish before unlocking: from now on the key is free and the
+        // outcome readable, and no one saw one without the other. The
+        // waiters are woken after the map lock is released.
+        let wakes = publisher.publish_deferred(outcome);
+        drop(map);
+        drop(wakes);
+    }
+}
+
+impl<K, O> Drop for KeyedPublisher<K, O>
+where
+    K: Eq + Hash,
+    O: Outcome,
+{
+    fn drop(&mut self) {
+        if self.publisher.is_some() {
+            self.finish(O::abandoned());
+        }
+    }
+}
+
+impl<K, O> fmt::Debug for KeyedPublisher<K, O>
+where
+    K: Eq + Hash + fmt::Debug,
+    O: Outcome,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedPublisher")
+            .field("key", &self.key)
+            .field("published", &self.publisher.is_none())
+            .field("cancel", &self.cancel)
+            .finish()
+    }
+}
+
+/// The jobs a [`SyncRegistry::cancel_where`] or
+/// [`SyncRegistry::cancel_all`] call cancelled, to wait until they have
+/// finished and collect what each published.
+#[must_use = "a cancellation does not wait for the jobs; call `finished` to"]
+pub struct Cancellation<K, O = SyncOutcome> {
+    jobs: Vec<(K, SyncReceiver<O>)>,
+}
+
+impl<K, O> Cancellation<K, O> {
+    /// How many jobs were cancelled.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job was in flight to cancel.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// The keys of the cancelled jobs.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.jobs.iter().map(|(key, _)| key)
+    }
+
+    /// Waits until every cancelled job has published, and returns each key
+    /// with its job's outcome (the per-job payload, for a custom
+    /// [`Outcome`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future drops the outcomes collected so
+    /// far (the jobs are unaffected).
+    pub async fn finished(self) -> Vec<(K, O)>
+    where
+        O: Clone + Send,
+    {
+        let mut finished = Vec::with_capacity(self.jobs.len());
+        for (key, status) in self.jobs {
+            let outcome = status.done().await;
+            finished.push((key, outcome));
+        }
+        finished
+    }
+
+    /// Blocks until every cancelled job has published; as
+    /// [`finished`](Self::finished).
+    pub fn blocking_finished(self) -> Vec<(K, O)>
+    where
+        O: Clone + Send,
+    {
+        self.jobs
+            .into_iter()
+            .map(|(key, status)| {
+                let outcome = status.blocking_done();
+                (key, outcome)
+            })
+            .collect()
+    }
+
+    /// The cancelled jobs' keys with receivers of their outcomes.
+    pub fn into_receivers(self) -> Vec<(K, SyncReceiver<O>)> {
+        self.jobs
+    }
+}
+
+impl<K: fmt::Debug, O: fmt::Debug> fmt::Debug for Cancellation<K, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancellation")
+            .field("jobs", &self.jobs)
+            .finish()
+    }
+}
