@@ -95,6 +95,7 @@
 pub mod changelog;
 pub mod clock;
 pub mod heartbeat;
+pub mod recovery;
 pub mod status;
 mod sync;
 pub mod watch_cell;

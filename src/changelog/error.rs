@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-/// A boxed error from a caller-supplied component (a cleanup, a commit).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use crate::heartbeat::BoxError;
+use crate::heartbeat::{Invalid, InvalidReason};
 
 /// Why a [`ChangeLog`](super::ChangeLog) call failed.
 ///
@@ -106,4 +106,45 @@ pub enum ManagerConfigError {
         /// The log's staleness threshold.
         staleness: Duration,
     },
+}
+
+/// Why [`ChangeGuard::commit`](super::ChangeGuard::commit) did not commit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError<E> {
+    /// The entry was no longer ours (validity expired, heartbeat fenced out
+    /// or failed). With `in_flight: false` the commit was never started;
+    /// with `in_flight: true` it was cut off at the deadline and may or may
+    /// not have taken effect: leave the entry to recovery, whose cleanup
+    /// inspects the committed state.
+    #[error(
+        "commit refused: the changelog entry is no longer ours ({reason}); in flight: {in_flight}"
+    )]
+    Invalid {
+        /// Why the entry is no longer ours.
+        reason: InvalidReason,
+        /// Whether the commit had started when it was cut off.
+        in_flight: bool,
+    },
+    /// The caller's compare-and-swap itself failed (a conflict, an I/O
+    /// error); the entry is still ours, so cleaning up is the writer's job.
+    #[error("commit rejected: {0}")]
+    Rejected(#[source] E),
+}
+
+/// Why [`ChangeGuard::finish`](super::ChangeGuard::finish) could not remove
+/// the entry. In every case the heartbeat is stopped and the entry is left
+/// for recovery, whose cleanup is idempotent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FinishError {
+    /// The entry was no longer ours before or during the cleanup.
+    #[error("entry left for recovery: {0}")]
+    Invalid(#[source] Invalid),
+    /// The caller's cleanup failed.
+    #[error("cleanup failed, entry left for recovery: {0}")]
+    Cleanup(#[source] BoxError),
+    /// Removing the entry failed.
+    #[error("removing the entry failed, left for recovery: {0}")]
+    Log(#[source] ChangeLogError),
 }

@@ -78,8 +78,10 @@
 //!
 //! [`Clock`]: crate::clock::Clock
 
+mod cleanup;
 mod codec;
 mod error;
+mod manager;
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -89,8 +91,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cleanup::{Cleanup, Phase};
 pub use codec::{FieldReader, FieldWriter, Payload};
-pub use error::{BoxError, ChangeLogError, DecodeError, ManagerConfigError};
+pub use error::{
+    BoxError, ChangeLogError, CommitError, DecodeError, FinishError, ManagerConfigError,
+};
+pub use manager::{ChangeGuard, ChangeManager};
 pub use memory::MemoryChangeLog;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteChangeLog, SqliteChangeLogBuilder};

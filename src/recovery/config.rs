@@ -1,0 +1,220 @@
+//! Configuration of a [`RecoveryLoop`](super::RecoveryLoop).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::RecoveryConfigError;
+use crate::clock::{self, Clock};
+use crate::heartbeat::HeartbeatConfig;
+
+/// How a [`RecoveryLoop`](super::RecoveryLoop) claims, waits and gives up.
+///
+/// Build it with [`RecoveryConfig::builder`]; the defaults follow the issue
+/// that specified the loop: batches of 100, 1 s idle wait, error backoff
+/// 100 ms × 1.5 capped at 30 s, three cleanup attempts per claim, quarantine
+/// after five claims.
+#[derive(Clone)]
+pub struct RecoveryConfig {
+    pub(super) batch_size: usize,
+    pub(super) idle_wait: Duration,
+    pub(super) backoff_initial: Duration,
+    pub(super) backoff_factor: f64,
+    pub(super) backoff_max: Duration,
+    pub(super) cleanup_attempts: u32,
+    pub(super) max_claims: u32,
+    pub(super) heartbeat_interval: Option<Duration>,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+impl RecoveryConfig {
+    /// A builder with the defaults.
+    pub fn builder() -> RecoveryConfigBuilder {
+        RecoveryConfigBuilder {
+            config: RecoveryConfig {
+                batch_size: 100,
+                idle_wait: Duration::from_secs(1),
+                backoff_initial: Duration::from_millis(100),
+                backoff_factor: 1.5,
+                backoff_max: Duration::from_secs(30),
+                cleanup_attempts: 3,
+                max_claims: 5,
+                heartbeat_interval: None,
+                clock: clock::system(),
+            },
+        }
+    }
+
+    /// Entries claimed per [`claim_stale`](crate::changelog::ChangeLog::claim_stale).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The wait after a poll that found nothing stale.
+    pub fn idle_wait(&self) -> Duration {
+        self.idle_wait
+    }
+
+    /// The heartbeat that keeps a claimed batch alive, for a log whose
+    /// staleness threshold is `staleness`: every `staleness / 4` unless set,
+    /// ttl 3 × interval.
+    ///
+    /// # Errors
+    ///
+    /// [`RecoveryConfigError::Heartbeat`] if no valid heartbeat fits in
+    /// `staleness` (e.g. a zero threshold).
+    pub fn heartbeat_for(
+        &self,
+        staleness: Duration,
+    ) -> Result<HeartbeatConfig, RecoveryConfigError> {
+        let interval = self.heartbeat_interval.unwrap_or(staleness / 4);
+        let config = HeartbeatConfig::builder(interval)
+            .clock(Arc::clone(&self.clock))
+            .build()
+            .map_err(RecoveryConfigError::Heartbeat)?;
+        if config.ttl() > staleness {
+            return Err(RecoveryConfigError::TtlExceedsStaleness {
+                ttl: config.ttl(),
+                staleness,
+            });
+        }
+        Ok(config)
+    }
+}
+
+impl fmt::Debug for RecoveryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecoveryConfig")
+            .field("batch_size", &self.batch_size)
+            .field("idle_wait", &self.idle_wait)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_factor", &self.backoff_factor)
+            .field("backoff_max", &self.backoff_max)
+            .field("cleanup_attempts", &self.cleanup_attempts)
+            .field("max_claims", &self.max_claims)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+/// Builds a [`RecoveryConfig`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct RecoveryConfigBuilder {
+    config: RecoveryConfig,
+}
+
+impl RecoveryConfigBuilder {
+    /// Entries claimed at a time (default 100). Every claimed entry is kept
+    /// alive until processed, so a batch costs one refresh per entry per
+    /// heartbeat interval.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.config.batch_size = batch_size;
+        self
+    }
+
+    /// The wait after a poll that found nothing (default 1 s). After a poll
+    /// that found work, the loop polls again at once.
+    pub fn idle_wait(mut self, idle_wait: Duration) -> Self {
+        self.config.idle_wait = idle_wait;
+        self
+    }
+
+    /// The backoff after a failed poll: `initial`, multiplied by `factor`
+    /// after each consecutive failure, capped at `max` (default
+    /// 100 ms × 1.5, 30 s). Reset by a successful poll.
+    pub fn backoff(mut self, initial: Duration, factor: f64, max: Duration) -> Self {
+        self.config.backoff_initial = initial;
+        self.config.backoff_factor = factor;
+        self.config.backoff_max = max;
+        self
+    }
+
+    /// Cleanup attempts per claimed entry before it is quarantined (default
+    /// 3); attempts are spaced by the backoff.
+    pub fn cleanup_attempts(mut self, attempts: u32) -> Self {
+        self.config.cleanup_attempts = attempts;
+        self
+    }
+
+    /// An entry claimed more often than this is quarantined without another
+    /// cleanup (default 5): its recoverers keep dying on it.
+    pub fn max_claims(mut self, max_claims: u32) -> Self {
+        self.config.max_claims = max_claims;
+        self
+    }
+
+    /// The heartbeat interval for claimed batches (default: the log's
+    /// staleness threshold / 4; ttl is 3 × interval and must not exceed the
+    /// threshold).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// The clock for waits, backoff and heartbeats (default
+    /// [`clock::system`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`RecoveryConfigError`] naming the first bad value.
+    pub fn build(self) -> Result<RecoveryConfig, RecoveryConfigError> {
+        let c = &self.config;
+        if c.batch_size == 0 {
+            return Err(RecoveryConfigError::ZeroBatch);
+        }
+        if c.backoff_initial.is_zero()
+            || c.backoff_max < c.backoff_initial
+            || !(c.backoff_factor >= 1.0 && c.backoff_factor.is_finite())
+        {
+            return Err(RecoveryConfigError::InvalidBackoff {
+                initial: c.backoff_initial,
+                factor: c.backoff_factor,
+                max: c.backoff_max,
+            });
+        }
+        if c.cleanup_attempts == 0 {
+            return Err(RecoveryConfigError::ZeroCleanupAttempts);
+        }
+        Ok(self.config)
+    }
+}
+
+/// Capped exponential backoff.
+#[derive(Debug)]
+pub(super) struct Backoff {
+    initial: Duration,
+    factor: f64,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(config: &RecoveryConfig) -> Self {
+        Backoff {
+            initial: config.backoff_initial,
+            factor: config.backoff_factor,
+            max: config.backoff_max,
+            next: config.backoff_initial,
+        }
+    }
+
+    /// The wait before the next retry; each call grows the following one.
+    pub(super) fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = Duration::try_from_secs_f64(self.next.as_secs_f64() * self.factor)
+            .map_or(self.max, |grown| grown.min(self.max));
+        wait
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
