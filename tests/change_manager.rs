@@ -1,0 +1,342 @@
+//! Behavioural specification of `ChangeManager` / `ChangeGuard`, including
+//! the data-loss race of the reference design.
+//!
+//! Time is tokio's paused time: sleeps below advance it instantly.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold::changelog::{
+    ChangeLog, ChangeManager, CommitError, EntryState, FinishError, ManagerConfigError,
+    MemoryChangeLog, OwnerId, Phase, Removal,
+};
+use leasehold::clock;
+use leasehold::heartbeat::{HeartbeatConfig, InvalidReason};
+use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
+use support::{FaultyLog, Intent, TwoTier, TwoTierCleanup};
+
+const STALENESS: Duration = Duration::from_secs(30);
+const INTERVAL: Duration = Duration::from_secs(10); // ttl 30 s
+
+fn intent(object: &str, new: &str, old: Option<&str>) -> Intent {
+    Intent {
+        object: object.into(),
+        new_blob: new.into(),
+        old_blob: old.map(Into::into),
+    }
+}
+
+struct Setup {
+    log: FaultyLog,
+    store: TwoTier,
+    cleanup: TwoTierCleanup,
+    manager: ChangeManager<FaultyLog, Intent, TwoTierCleanup>,
+}
+
+fn setup() -> Setup {
+    let log = FaultyLog::new(MemoryChangeLog::new(clock::system(), STALENESS));
+    let store = TwoTier::default();
+    let cleanup = TwoTierCleanup::new(store.clone());
+    let heartbeat = HeartbeatConfig::builder(INTERVAL).build().unwrap();
+    let manager = ChangeManager::new(
+        log.clone(),
+        OwnerId::new("writer"),
+        heartbeat,
+        cleanup.clone(),
+    )
+    .unwrap();
+    Setup {
+        log,
+        store,
+        cleanup,
+        manager,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_ttl_above_the_staleness_threshold_is_rejected() {
+    let log = MemoryChangeLog::new(clock::system(), Duration::from_secs(20));
+    let heartbeat = HeartbeatConfig::builder(INTERVAL).build().unwrap(); // ttl 30 s
+    let err = ChangeManager::<_, Intent, _>::new(
+        log,
+        OwnerId::new("w"),
+        heartbeat,
+        TwoTierCleanup::new(TwoTier::default()),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        ManagerConfigError::TtlExceedsStaleness {
+            ttl: Duration::from_secs(30),
+            staleness: Duration::from_secs(20)
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_keeps_a_long_operation_from_being_claimed() {
+    let s = setup();
+    let guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(STALENESS).await;
+        assert!(
+            s.log
+                .claim_stale(&OwnerId::new("r"), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(guard.validity().is_valid());
+    }
+    assert_eq!(guard.phase(), Phase::Recorded);
+    guard.finish().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn finish_cleans_up_for_the_phase_then_removes_the_entry() {
+    let s = setup();
+    s.store.put_blob("a.0");
+    s.store.cas("a", None, "a.0").unwrap();
+    let mut guard = s
+        .manager
+        .record(intent("a", "a.1", Some("a.0")))
+        .await
+        .unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    assert_eq!(guard.phase(), Phase::Applied);
+    guard
+        .commit(async { s.store.cas("a", Some("a.0"), "a.1") })
+        .await
+        .unwrap();
+    assert_eq!(guard.phase(), Phase::Committed);
+    assert_eq!(guard.finish().await.unwrap(), Removal::Removed);
+
+    assert_eq!(
+        s.cleanup.calls(),
+        vec![(intent("a", "a.1", Some("a.0")), Phase::Committed)]
+    );
+    assert!(s.log.list().await.unwrap().is_empty());
+    assert!(s.store.has_blob("a.1") && !s.store.has_blob("a.0"));
+    assert!(s.store.orphans().is_empty() && s.store.dangling().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_cas_keeps_the_phase_and_finish_removes_the_new_blob() {
+    let s = setup();
+    s.store.put_blob("a.0");
+    s.store.cas("a", None, "a.0").unwrap();
+    let mut guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    // Expected "no object" but there is one: the CAS fails.
+    let err = guard
+        .commit(async { s.store.cas("a", None, "a.1") })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommitError::Rejected(_)));
+    assert_eq!(guard.phase(), Phase::Applied);
+    guard.finish().await.unwrap();
+    assert!(!s.store.has_blob("a.1"));
+    assert_eq!(s.store.meta("a").as_deref(), Some("a.0"));
+    assert!(s.log.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_valid_guard_schedules_its_cleanup_and_removal() {
+    let s = setup();
+    let mut guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    drop(guard);
+    // Let the scheduled completion run.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        s.cleanup.calls(),
+        vec![(intent("a", "a.1", None), Phase::Applied)]
+    );
+    assert!(!s.store.has_blob("a.1"));
+    assert!(s.log.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_invalid_guard_leaves_its_entry_for_recovery() {
+    let s = setup();
+    let mut guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    s.log.stall_refreshes(true);
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert_eq!(
+        guard.validity().check().unwrap_err().reason,
+        InvalidReason::Expired
+    );
+    drop(guard);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(
+        s.cleanup.calls().is_empty(),
+        "an invalid guard never cleans up"
+    );
+    let left = s.log.list().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].state, EntryState::Active);
+    assert!(s.store.has_blob("a.1"), "left for recovery");
+    // ... which finds it stale.
+    assert_eq!(
+        s.log
+            .claim_stale(&OwnerId::new("r"), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn finish_on_an_expired_guard_leaves_the_entry_and_reports_it() {
+    let s = setup();
+    let guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
+    s.log.stall_refreshes(true);
+    tokio::time::sleep(INTERVAL * 3).await;
+    match guard.finish().await {
+        Err(FinishError::Invalid(invalid)) => assert_eq!(invalid.reason, InvalidReason::Expired),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(s.cleanup.calls().is_empty());
+    assert_eq!(s.log.list().await.unwrap().len(), 1);
+}
+
+/// The data-loss race: the writer's heartbeat hangs past the deadline; the
+/// entry goes stale; a recoverer claims it and deletes the writer's new
+/// blob (nothing references it). The writer must not commit a reference to
+/// that blob any more: its commit is refused.
+#[tokio::test(start_paused = true)]
+async fn data_loss_race_a_stalled_writer_cannot_commit_after_recovery_deleted_its_blob() {
+    let s = setup();
+    s.store.put_blob("a.0");
+    s.store.cas("a", None, "a.0").unwrap();
+    let mut guard = s
+        .manager
+        .record(intent("a", "a.1", Some("a.0")))
+        .await
+        .unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+
+    // The heartbeat RPC hangs (slow store, GC pause, ...).
+    s.log.stall_refreshes(true);
+    let recovery_log = Arc::new(s.log.inner.clone());
+    let recovery = RecoveryLoop::spawn::<_, Intent, _>(
+        recovery_log,
+        OwnerId::new("recovery"),
+        s.cleanup.clone(),
+        RecoveryConfig::builder().build().unwrap(),
+    )
+    .unwrap();
+    recovery.wait_for_stats(|st| st.cleaned == 1).await;
+    assert!(
+        !s.store.has_blob("a.1"),
+        "recovery removed the unreferenced new blob"
+    );
+    assert!(s.store.has_blob("a.0"), "and kept the referenced old one");
+
+    // The writer wakes up and tries to commit: refused, nothing attempted.
+    let mut attempted = false;
+    let err = guard
+        .commit(async {
+            attempted = true;
+            s.store.cas("a", Some("a.0"), "a.1")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CommitError::Invalid {
+            reason: InvalidReason::Expired,
+            in_flight: false
+        }
+    ));
+    assert!(!attempted);
+    assert_eq!(s.store.meta("a").as_deref(), Some("a.0"));
+    assert!(
+        s.store.dangling().is_empty(),
+        "no metadata points to a deleted blob"
+    );
+    drop(guard);
+    recovery.shutdown().await;
+    assert!(s.store.orphans().is_empty());
+    assert!(s.log.list().await.unwrap().is_empty());
+}
+
+/// The same race with the commit already in flight (the CAS itself hangs
+/// too): it is cut off at the deadline, before recovery can claim the entry.
+#[tokio::test(start_paused = true)]
+async fn data_loss_race_a_commit_in_flight_is_cut_off_at_the_deadline() {
+    let s = setup();
+    let mut guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    s.log.stall_refreshes(true);
+    let started = tokio::time::Instant::now();
+    let err = guard
+        .commit(async {
+            // A CAS stuck behind the same pause: it would land much later.
+            tokio::time::sleep(STALENESS * 2).await;
+            s.store.cas("a", None, "a.1")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CommitError::Invalid {
+            in_flight: true,
+            ..
+        }
+    ));
+    assert!(
+        started.elapsed() <= STALENESS,
+        "cut off at the validity deadline"
+    );
+    assert_eq!(guard.phase(), Phase::Unknown);
+    assert_eq!(s.store.meta("a"), None, "the CAS never applied");
+}
+
+/// A writer that committed and then stalled before finishing: recovery must
+/// keep the blob the committed metadata references, and delete the old one.
+#[tokio::test(start_paused = true)]
+async fn recovery_of_a_committed_write_keeps_the_referenced_blob() {
+    let s = setup();
+    s.store.put_blob("a.0");
+    s.store.cas("a", None, "a.0").unwrap();
+    let mut guard = s
+        .manager
+        .record(intent("a", "a.1", Some("a.0")))
+        .await
+        .unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    guard
+        .commit(async { s.store.cas("a", Some("a.0"), "a.1") })
+        .await
+        .unwrap();
+    s.log.stall_refreshes(true);
+    let recovery = RecoveryLoop::spawn::<_, Intent, _>(
+        Arc::new(s.log.inner.clone()),
+        OwnerId::new("recovery"),
+        s.cleanup.clone(),
+        RecoveryConfig::builder().build().unwrap(),
+    )
+    .unwrap();
+    recovery.wait_for_stats(|st| st.cleaned == 1).await;
+    assert!(
+        s.store.has_blob("a.1"),
+        "the committed blob survives recovery"
+    );
+    assert!(!s.store.has_blob("a.0"));
+    assert!(s.store.dangling().is_empty() && s.store.orphans().is_empty());
+    // The writer's late finish is refused (its validity expired).
+    assert!(matches!(guard.finish().await, Err(FinishError::Invalid(_))));
+    recovery.shutdown().await;
+}
