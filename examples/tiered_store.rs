@@ -1,1 +1,698 @@
-fn main() {}
+//! A two-tier object store that survives `kill -9`: the crate's main
+//! demonstration of the write-ahead changelog and continuous recovery.
+//!
+//! Each object lives in two tiers: a metadata row in SQLite
+//! (`metadata.db`: object -> blob name) and the blob itself, a file under
+//! `blobs/`. A write must never leave a blob that no metadata references
+//! (an orphan, leaked forever) nor metadata pointing to a missing blob (a
+//! dangling reference: data loss). Writers therefore:
+//!
+//! 1. record `{object, new blob, old blob}` in the changelog
+//!    (`changelog.db`), durably, before touching anything — a
+//!    [`ChangeGuard`] whose heartbeat keeps the entry alive;
+//! 2. write the new blob file;
+//! 3. compare-and-swap the metadata row to the new blob, *only while the
+//!    guard's validity holds* (a writer whose heartbeat stalled past its
+//!    deadline is refused: recovery may already be deleting its blob);
+//! 4. clean up (delete whichever of the two blobs the metadata does not
+//!    reference) and remove the entry.
+//!
+//! Writers that crash leave their entry behind; it goes stale, and a
+//! [`RecoveryLoop`] in any process claims it — exactly one claimer per
+//! entry — and runs the same idempotent cleanup.
+//!
+//! Run `cargo run --release --example tiered_store` for the demonstration:
+//! writer processes killed with SIGKILL at random points, stalled
+//! heartbeats, a recovery loop, a progress line, and a final report whose
+//! orphan and dangling counts must be 0. Subcommands run each role as its
+//! own process (the crash-torture test drives them):
+//!
+//! ```text
+//! tiered_store [demo] [--dir D] [--writers 3] [--kills 20] [--stall-every 25]
+//! tiered_store writer   --dir D [--objects 64] [--count N] [--stall-every N] [--seed S]
+//! tiered_store recovery --dir D [--until-empty] [--timeout-s 60] [--batch 50]
+//! tiered_store verify   --dir D
+//! ```
+//!
+//! [`ChangeGuard`]: leasehold::changelog::ChangeGuard
+//! [`RecoveryLoop`]: leasehold::recovery::RecoveryLoop
+
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leasehold::changelog::{
+    BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup, CommitError,
+    DecodeError, EntryId, EntryInfo, EntryState, Fence, FieldReader, FieldWriter, OwnerId,
+    Ownership, Payload, Phase, Removal, SqliteChangeLog,
+};
+use leasehold::heartbeat::{HeartbeatConfig, Validity};
+use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
+use rand::Rng;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Entries go stale 1 s after their last refresh (on the store's clock).
+const STALENESS: Duration = Duration::from_millis(1000);
+/// Writers refresh every 150 ms; ttl 3 × 150 = 450 ms, minus a 50 ms margin:
+/// a writer's validity ends at least 600 ms before its entry can be claimed.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
+const HEARTBEAT_MARGIN: Duration = Duration::from_millis(50);
+/// A metadata CAS waits at most this long for the SQLite lock, so a commit
+/// started just before the validity deadline lands well inside that slack.
+const METADATA_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
+// ---------------------------------------------------------------- payload --
+
+/// What a write is about to do: the changelog entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Intent {
+    object: String,
+    new_blob: String,
+    old_blob: Option<String>,
+}
+
+impl Payload for Intent {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = FieldWriter::new(b"tiered-store/intent/1");
+        w.str(&self.object)
+            .str(&self.new_blob)
+            .opt_str(self.old_blob.as_deref());
+        w.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = FieldReader::new(bytes, b"tiered-store/intent/1")?;
+        let intent = Intent {
+            object: r.string()?,
+            new_blob: r.string()?,
+            old_blob: r.opt_string()?,
+        };
+        r.finish()?;
+        Ok(intent)
+    }
+}
+
+// ------------------------------------------------------------ the 2 tiers --
+
+/// The store directory: metadata database, blob files, changelog.
+#[derive(Clone, Debug)]
+struct Store {
+    dir: PathBuf,
+    metadata: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    fn open(dir: &Path) -> Result<Self, BoxError> {
+        std::fs::create_dir_all(dir.join("blobs"))?;
+        let conn = Connection::open(dir.join("metadata.db"))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS objects (
+                 name TEXT PRIMARY KEY,
+                 blob TEXT NOT NULL,
+                 version INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS counters (
+                 name TEXT PRIMARY KEY,
+                 value INTEGER NOT NULL
+             );",
+        )?;
+        conn.busy_timeout(METADATA_BUSY_TIMEOUT)?;
+        Ok(Store {
+            dir: dir.to_owned(),
+            metadata: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn changelog(dir: &Path) -> Result<SqliteChangeLog, ChangeLogError> {
+        SqliteChangeLog::builder(dir.join("changelog.db"))
+            .staleness(STALENESS)
+            .open()
+            .await
+    }
+
+    fn blob_path(&self, blob: &str) -> PathBuf {
+        self.dir.join("blobs").join(blob)
+    }
+
+    /// Runs `f` on the metadata connection on the blocking pool.
+    async fn meta<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, BoxError> {
+        let metadata = Arc::clone(&self.metadata);
+        let out = tokio::task::spawn_blocking(move || f(&metadata.lock().unwrap())).await?;
+        Ok(out?)
+    }
+
+    async fn current(&self, object: &str) -> Result<Option<String>, BoxError> {
+        let object = object.to_owned();
+        self.meta(move |c| {
+            c.query_row("SELECT blob FROM objects WHERE name = ?1", [object], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn bump(&self, counter: &'static str) {
+        // Best effort: a busy metadata lock only loses a statistic.
+        let _ = self
+            .meta(move |c| {
+                c.execute(
+                    "INSERT INTO counters (name, value) VALUES (?1, 1)
+                     ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                    [counter],
+                )
+            })
+            .await;
+    }
+
+    /// The metadata compare-and-swap: `object` from `old` to `new`.
+    ///
+    /// The blocking statement cannot be cut off once it runs, so it checks
+    /// `validity` itself right before it starts; it then finishes within the
+    /// metadata busy timeout, far inside the slack between the writer's
+    /// deadline and the moment its entry can be claimed.
+    async fn cas(&self, intent: &Intent, validity: Validity) -> Result<(), BoxError> {
+        let intent = intent.clone();
+        let changed = self
+            .meta(move |c| {
+                if !validity.is_valid() {
+                    return Ok(0);
+                }
+                match &intent.old_blob {
+                    Some(old) => c.execute(
+                        "UPDATE objects SET blob = ?3, version = version + 1
+                     WHERE name = ?1 AND blob = ?2",
+                        params![intent.object, old, intent.new_blob],
+                    ),
+                    None => c.execute(
+                        "INSERT INTO objects (name, blob, version) VALUES (?1, ?2, 1)
+                     ON CONFLICT (name) DO NOTHING",
+                        params![intent.object, intent.new_blob],
+                    ),
+                }
+            })
+            .await?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err("conflict: the object changed since it was read".into())
+        }
+    }
+}
+
+/// The idempotent cleanup, the same for writers and recovery: delete each
+/// blob of the intent that the metadata does not reference.
+///
+/// Why it is safe: blob names are unique per write, and only the write that
+/// created a blob ever commits a reference to it — while its validity
+/// holds, which ends before the store lets anyone claim its entry. So once a
+/// cleanup sees a blob unreferenced, it stays unreferenced.
+#[derive(Clone, Debug)]
+struct TieredCleanup {
+    store: Store,
+    /// Counter bumped on every successful cleanup (`recovery_cleanups` for
+    /// the recovery loop).
+    counter: Option<&'static str>,
+}
+
+impl Cleanup<Intent> for TieredCleanup {
+    async fn cleanup(&self, intent: &Intent, _phase: Phase) -> Result<(), BoxError> {
+        let current = self.store.current(&intent.object).await?;
+        for blob in std::iter::once(&intent.new_blob).chain(intent.old_blob.as_ref()) {
+            if current.as_ref() != Some(blob) {
+                match tokio::fs::remove_file(self.store.blob_path(blob)).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    other => other?,
+                }
+            }
+        }
+        if let Some(counter) = self.counter {
+            self.store.bump(counter).await;
+        }
+        Ok(())
+    }
+}
+
+// ----------------------------------------------------------------- writer --
+
+/// The writer's changelog: SQLite, with a switch that makes heartbeats hang
+/// (an injected stall: a slow RPC, a GC pause).
+#[derive(Clone, Debug)]
+struct StallableLog {
+    inner: SqliteChangeLog,
+    stalled: Arc<AtomicBool>,
+}
+
+impl ChangeLog for StallableLog {
+    fn staleness(&self) -> Duration {
+        self.inner.staleness()
+    }
+    async fn record(&self, owner: &OwnerId, payload: Vec<u8>) -> Result<Fence, ChangeLogError> {
+        self.inner.record(owner, payload).await
+    }
+    async fn refresh(&self, fence: &Fence) -> Result<Ownership, ChangeLogError> {
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.refresh(fence).await
+    }
+    async fn remove(&self, fence: &Fence) -> Result<Removal, ChangeLogError> {
+        self.inner.remove(fence).await
+    }
+    async fn claim_stale(
+        &self,
+        owner: &OwnerId,
+        max: usize,
+    ) -> Result<Vec<ClaimedEntry>, ChangeLogError> {
+        self.inner.claim_stale(owner, max).await
+    }
+    async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
+        self.inner.quarantine(fence, reason).await
+    }
+    async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self) -> Result<Vec<EntryInfo>, ChangeLogError> {
+        self.inner.list().await
+    }
+}
+
+async fn run_writer(args: &Args) -> Result<(), BoxError> {
+    let dir = args.dir()?;
+    let objects: u64 = args.num("objects", 64);
+    let count: u64 = args.num("count", u64::MAX);
+    let stall_every: u64 = args.num("stall-every", 0);
+    let store = Store::open(&dir)?;
+    let log = StallableLog {
+        inner: Store::changelog(&dir).await?,
+        stalled: Arc::new(AtomicBool::new(false)),
+    };
+    let heartbeat = HeartbeatConfig::builder(HEARTBEAT_INTERVAL)
+        .margin(HEARTBEAT_MARGIN)
+        .build()?;
+    let cleanup = TieredCleanup {
+        store: store.clone(),
+        counter: None,
+    };
+    let owner = OwnerId::unique("writer");
+    let manager = ChangeManager::new(log.clone(), owner, heartbeat, cleanup)?;
+    let mut rng = rand::rng();
+    let pid = std::process::id();
+    for n in 0..count {
+        let object = format!("object-{:03}", rng.random_range(0..objects));
+        let intent = Intent {
+            old_blob: store.current(&object).await?,
+            new_blob: format!("{object}.{pid}.{n}.{:08x}", rng.random::<u32>()),
+            object,
+        };
+        // 1. Record the intent durably, before any side effect.
+        let mut guard = manager.record(intent.clone()).await?;
+        // 2. Write the blob.
+        tokio::fs::write(store.blob_path(&intent.new_blob), intent.encode()).await?;
+        guard.mark_applied();
+        // Injected stall: the heartbeat hangs until the deadline passes.
+        if stall_every > 0 && rng.random_range(0..stall_every) == 0 {
+            log.stalled.store(true, Ordering::SeqCst);
+            guard.validity().invalidated().await;
+            store.bump("stalls").await;
+        }
+        // 3. Commit only while the entry is ours.
+        let validity = guard.validity().clone();
+        match guard.commit(store.cas(&intent, validity)).await {
+            Ok(()) => {}
+            Err(CommitError::Invalid { .. }) => store.bump("commits_refused").await,
+            Err(CommitError::Rejected(_)) => store.bump("cas_conflicts").await,
+            Err(other) => return Err(other.to_string().into()),
+        }
+        log.stalled.store(false, Ordering::SeqCst);
+        // 4. Clean up and remove; an invalid guard leaves it to recovery.
+        let _ = guard.finish().await;
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------------- recovery --
+
+async fn run_recovery(args: &Args) -> Result<(), BoxError> {
+    let dir = args.dir()?;
+    let until_empty = args.flag("until-empty");
+    let timeout = Duration::from_secs(args.num("timeout-s", 120));
+    let store = Store::open(&dir)?;
+    let log = Arc::new(Store::changelog(&dir).await?);
+    let cleanup = TieredCleanup {
+        store,
+        counter: Some("recovery_cleanups"),
+    };
+    let config = RecoveryConfig::builder()
+        .batch_size(args.num("batch", 50))
+        .idle_wait(Duration::from_millis(100))
+        .build()?;
+    let recovery = RecoveryLoop::spawn::<_, Intent, _>(
+        Arc::clone(&log),
+        OwnerId::unique("recovery"),
+        cleanup,
+        config,
+    )?;
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if until_empty {
+            let active = log
+                .list()
+                .await?
+                .iter()
+                .filter(|e| e.state == EntryState::Active)
+                .count();
+            if active == 0 {
+                break;
+            }
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("recovery did not converge within {timeout:?}").into());
+        }
+    }
+    let stats = recovery.shutdown().await;
+    println!(
+        "recovery: claimed={} cleaned={} quarantined={} errors={} lost={}",
+        stats.claimed, stats.cleaned, stats.quarantined, stats.errors, stats.lost
+    );
+    Ok(())
+}
+
+// ----------------------------------------------------------------- verify --
+
+/// What `verify` finds in a quiescent store directory.
+#[derive(Debug, Default)]
+struct Report {
+    objects: u64,
+    writes: u64,
+    blobs: u64,
+    orphans: Vec<String>,
+    dangling: Vec<String>,
+    changelog: u64,
+    quarantined: u64,
+    counters: HashMap<String, u64>,
+}
+
+async fn verify(dir: &Path) -> Result<Report, BoxError> {
+    let store = Store::open(dir)?;
+    let log = Store::changelog(dir).await?;
+    let rows: Vec<(String, String, u64)> = store
+        .meta(|c| {
+            c.prepare("SELECT name, blob, version FROM objects")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .await?;
+    let counters: Vec<(String, u64)> = store
+        .meta(|c| {
+            c.prepare("SELECT name, value FROM counters")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await?;
+    let mut files = HashSet::new();
+    for entry in std::fs::read_dir(dir.join("blobs"))? {
+        files.insert(entry?.file_name().to_string_lossy().into_owned());
+    }
+    let referenced: HashSet<&String> = rows.iter().map(|(_, blob, _)| blob).collect();
+    let entries = log.list().await?;
+    let mut orphans: Vec<String> = files
+        .iter()
+        .filter(|f| !referenced.contains(f))
+        .cloned()
+        .collect();
+    orphans.sort();
+    Ok(Report {
+        objects: rows.len() as u64,
+        writes: rows.iter().map(|(_, _, v)| v).sum(),
+        blobs: files.len() as u64,
+        orphans,
+        dangling: rows
+            .iter()
+            .filter(|(_, blob, _)| !files.contains(blob))
+            .map(|(name, blob, _)| format!("{name} -> {blob}"))
+            .collect(),
+        changelog: entries.len() as u64,
+        quarantined: entries
+            .iter()
+            .filter(|e| matches!(e.state, EntryState::Quarantined { .. }))
+            .count() as u64,
+        counters: counters.into_iter().collect(),
+    })
+}
+
+impl Report {
+    fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    fn is_consistent(&self) -> bool {
+        self.orphans.is_empty() && self.dangling.is_empty() && self.changelog == 0
+    }
+
+    /// One `key=value` line, for tests to parse.
+    fn machine_line(&self) -> String {
+        format!(
+            "verify: objects={} writes={} blobs={} orphans={} dangling={} changelog={} quarantined={} \
+             stalls={} commits_refused={} cas_conflicts={} recovery_cleanups={}",
+            self.objects,
+            self.writes,
+            self.blobs,
+            self.orphans.len(),
+            self.dangling.len(),
+            self.changelog,
+            self.quarantined,
+            self.counter("stalls"),
+            self.counter("commits_refused"),
+            self.counter("cas_conflicts"),
+            self.counter("recovery_cleanups"),
+        )
+    }
+}
+
+async fn run_verify(args: &Args) -> Result<bool, BoxError> {
+    let report = verify(&args.dir()?).await?;
+    println!("{}", report.machine_line());
+    for orphan in report.orphans.iter().take(10) {
+        println!("  orphaned blob: {orphan}");
+    }
+    for dangling in report.dangling.iter().take(10) {
+        println!("  dangling reference: {dangling}");
+    }
+    Ok(report.is_consistent())
+}
+
+// ------------------------------------------------------------------- demo --
+
+fn spawn_role(dir: &Path, role: &str, extra: &[String]) -> std::io::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .arg(role)
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
+async fn run_demo(args: &Args) -> Result<bool, BoxError> {
+    let temp;
+    let dir = match args.get("dir") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let writers: usize = args.num("writers", 3);
+    let kills_wanted: u64 = args.num("kills", 20);
+    let stall_every = args.num::<u64>("stall-every", 25).to_string();
+    println!(
+        "tiered_store: a metadata table in SQLite + blobs as files, in {}",
+        dir.display()
+    );
+    println!(
+        "  {writers} writer processes, SIGKILLed at random until {kills_wanted} kills; \
+         1 in {stall_every} writes stalls its heartbeat past the deadline"
+    );
+    println!("  staleness {STALENESS:?}, heartbeat every {HEARTBEAT_INTERVAL:?} (ttl 3x)\n");
+    let store = Store::open(&dir)?;
+    let log = Arc::new(Store::changelog(&dir).await?);
+    let recovery = RecoveryLoop::spawn::<_, Intent, _>(
+        Arc::clone(&log),
+        OwnerId::unique("recovery"),
+        TieredCleanup {
+            store: store.clone(),
+            counter: Some("recovery_cleanups"),
+        },
+        RecoveryConfig::builder()
+            .idle_wait(Duration::from_millis(100))
+            .build()?,
+    )?;
+    let writer_args = vec!["--stall-every".to_owned(), stall_every];
+    let mut children: Vec<Child> = (0..writers)
+        .map(|_| spawn_role(&dir, "writer", &writer_args))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut kills = 0;
+    let mut rng = rand::rng();
+    let mut last_progress = Instant::now();
+    while kills < kills_wanted {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        let victim = rng.random_range(0..children.len());
+        children[victim].kill()?; // SIGKILL: no cleanup, no goodbye
+        children[victim].wait()?;
+        kills += 1;
+        children[victim] = spawn_role(&dir, "writer", &writer_args)?;
+        if tty || last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let stats = recovery.stats();
+            let pending = log.list().await?.len();
+            let line = format!(
+                "[{:5.1}s] kills {kills:3}/{kills_wanted}  recovered {:4}  quarantined {}  changelog entries {pending:3}",
+                started.elapsed().as_secs_f64(),
+                stats.cleaned,
+                stats.quarantined,
+            );
+            if tty {
+                print!("\r{line}");
+                std::io::stdout().flush()?;
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+    // Stop the workload the hard way too, then let recovery converge.
+    for child in &mut children {
+        child.kill()?;
+        child.wait()?;
+    }
+    if tty {
+        println!();
+    }
+    println!("writers stopped; waiting for recovery to drain the changelog...");
+    let drain_started = Instant::now();
+    while !log.list().await?.is_empty() {
+        if drain_started.elapsed() > Duration::from_secs(60) {
+            return Err("recovery did not converge within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = recovery.shutdown().await;
+    let report = verify(&dir).await?;
+    println!(
+        "\n=== tiered_store report ({:.1} s) ===",
+        started.elapsed().as_secs_f64()
+    );
+    println!("objects written (committed):   {}", report.writes);
+    println!("distinct objects:              {}", report.objects);
+    println!("crashes injected (SIGKILL):    {}", kills + writers as u64);
+    println!(
+        "heartbeat stalls injected:     {}",
+        report.counter("stalls")
+    );
+    println!(
+        "commits refused (invalid):     {}",
+        report.counter("commits_refused")
+    );
+    println!("entries recovered:             {}", stats.cleaned);
+    println!("entries quarantined:           {}", stats.quarantined);
+    println!("orphaned blobs:                {}", report.orphans.len());
+    println!("dangling references:           {}", report.dangling.len());
+    println!("changelog entries left:        {}", report.changelog);
+    println!("{}", report.machine_line());
+    Ok(report.is_consistent())
+}
+
+// ------------------------------------------------------------------- main --
+
+/// `--key value` and `--flag` arguments after the subcommand.
+struct Args {
+    values: HashMap<String, String>,
+    flags: HashSet<String>,
+}
+
+impl Args {
+    fn parse(raw: &[String]) -> Self {
+        let mut values = HashMap::new();
+        let mut flags = HashSet::new();
+        let mut iter = raw.iter().peekable();
+        while let Some(arg) = iter.next() {
+            if let Some(key) = arg.strip_prefix("--") {
+                match iter.peek() {
+                    Some(next) if !next.starts_with("--") => {
+                        values.insert(key.to_owned(), iter.next().unwrap().clone());
+                    }
+                    _ => {
+                        flags.insert(key.to_owned());
+                    }
+                }
+            }
+        }
+        Args { values, flags }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.flags.contains(key)
+    }
+
+    fn num<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
+        self.get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    fn dir(&self) -> Result<PathBuf, BoxError> {
+        self.get("dir")
+            .map(PathBuf::from)
+            .ok_or_else(|| "--dir is required".into())
+    }
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let (command, rest) = match raw.first().map(String::as_str) {
+        Some(cmd @ ("demo" | "writer" | "recovery" | "verify")) => (cmd.to_owned(), &raw[1..]),
+        _ => ("demo".to_owned(), &raw[..]),
+    };
+    let args = Args::parse(rest);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(async {
+        match command.as_str() {
+            "writer" => run_writer(&args).await.map(|()| true),
+            "recovery" => run_recovery(&args).await.map(|()| true),
+            "verify" => run_verify(&args).await,
+            _ => run_demo(&args).await,
+        }
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("tiered_store: INCONSISTENT store (see the report above)");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("tiered_store {command}: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
