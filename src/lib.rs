@@ -14,6 +14,9 @@
 //! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds |
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
+//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`] | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, staleness judged on the store's clock |
+//! | [`changelog::ChangeManager`], [`changelog::ChangeGuard`] | one writer operation across stores: record, heartbeat, commit only while the entry is still yours, clean up while valid, else leave it to recovery |
+//! | [`recovery::RecoveryLoop`] | continuous crash recovery: claim stale entries in batches, keep each alive until processed, run the idempotent cleanup, quarantine poison entries; backoff, shutdown |
 //!
 //! Everything that reasons about time reads it from an injected
 //! [`clock::Clock`], so tests use [`clock::ManualClock`] or tokio's paused
@@ -83,6 +86,49 @@
 //! assert_eq!(committed, Ok(42));
 //! heartbeat.stop().await; // stop refreshing, then remove the entry
 //! # }
+//! ```
+//!
+//! ## A write-ahead changelog with crash recovery
+//!
+//! A writer records its intent before any side effect; if it dies, its
+//! entry goes stale and a recovery loop (in any process) claims it — exactly
+//! once — and runs the same idempotent cleanup. `examples/tiered_store.rs`
+//! runs this across SIGKILLed processes on SQLite.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use leasehold::changelog::{BoxError, ChangeLog, ChangeManager, Cleanup, MemoryChangeLog, OwnerId, Phase};
+//! use leasehold::heartbeat::HeartbeatConfig;
+//! use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
+//!
+//! /// Deletes the temporary blob an unfinished upload left behind.
+//! struct DeleteUpload;
+//! impl Cleanup<String> for DeleteUpload {
+//!     async fn cleanup(&self, blob: &String, _phase: Phase) -> Result<(), BoxError> {
+//!         println!("deleting {blob} if nothing references it");
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let log = Arc::new(MemoryChangeLog::new(leasehold::clock::system(), Duration::from_secs(30)));
+//! let heartbeat = HeartbeatConfig::builder(Duration::from_secs(10)).build()?; // ttl 30 s
+//! let writer = ChangeManager::new(Arc::clone(&log), OwnerId::unique("writer"), heartbeat, DeleteUpload)?;
+//!
+//! let guard = writer.record("blob-7".to_string()).await?;
+//! guard.abandon().await; // the writer "crashes": its heartbeat stops
+//!
+//! let recovery = RecoveryLoop::spawn::<_, String, _>(
+//!     Arc::clone(&log),
+//!     OwnerId::unique("recovery"),
+//!     DeleteUpload,
+//!     RecoveryConfig::builder().build()?,
+//! )?;
+//! recovery.wait_for_stats(|s| s.cleaned == 1).await; // 30 s later, on paused time
+//! recovery.shutdown().await;
+//! assert!(log.list().await?.is_empty());
+//! # Ok(()) }
 //! ```
 #![warn(
     missing_docs,

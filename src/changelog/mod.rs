@@ -364,9 +364,11 @@ pub trait ChangeLog: Send + Sync + 'static {
         max: usize,
     ) -> impl Future<Output = Result<Vec<ClaimedEntry>, ChangeLogError>> + Send;
 
-    /// Parks the entry owned by `fence`: it is never claimed again but stays
-    /// listable, with `reason`, for an operator (who may
-    /// [`remove`](ChangeLog::remove) it with the same fence).
+    /// Parks the entry owned by `fence`: it is never claimed again (and no
+    /// longer refreshable) but stays listable, with `reason`, for an operator
+    /// (who may [`remove`](ChangeLog::remove) it with the same fence).
+    /// Idempotent for the owning fence, which keeps the first reason;
+    /// returns [`Ownership::Lost`] (changing nothing) for any other fence.
     ///
     /// # Errors
     ///
@@ -405,4 +407,61 @@ pub trait ChangeLog: Send + Sync + 'static {
     ///
     /// Cancel safe (read only).
     fn list(&self) -> impl Future<Output = Result<Vec<EntryInfo>, ChangeLogError>> + Send;
+}
+
+/// A shared log is a log: lets a writer's [`ChangeManager`] and a
+/// [`RecoveryLoop`](crate::recovery::RecoveryLoop) share one handle.
+impl<L: ChangeLog> ChangeLog for Arc<L> {
+    fn staleness(&self) -> Duration {
+        (**self).staleness()
+    }
+
+    fn record(
+        &self,
+        owner: &OwnerId,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<Fence, ChangeLogError>> + Send {
+        (**self).record(owner, payload)
+    }
+
+    fn refresh(
+        &self,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<Ownership, ChangeLogError>> + Send {
+        (**self).refresh(fence)
+    }
+
+    fn remove(
+        &self,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<Removal, ChangeLogError>> + Send {
+        (**self).remove(fence)
+    }
+
+    fn claim_stale(
+        &self,
+        owner: &OwnerId,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<ClaimedEntry>, ChangeLogError>> + Send {
+        (**self).claim_stale(owner, max)
+    }
+
+    fn quarantine(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> impl Future<Output = Result<Ownership, ChangeLogError>> + Send {
+        (**self).quarantine(fence, reason)
+    }
+
+    fn get(
+        &self,
+        id: EntryId,
+    ) -> impl Future<Output = Result<Option<EntryInfo>, ChangeLogError>> + Send {
+        (**self).get(id)
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<EntryInfo>, ChangeLogError>> + Send {
+        (**self).list()
+    }
 }
