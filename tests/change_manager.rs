@@ -340,3 +340,57 @@ async fn recovery_of_a_committed_write_keeps_the_referenced_blob() {
     assert!(matches!(guard.finish().await, Err(FinishError::Invalid(_))));
     recovery.shutdown().await;
 }
+
+/// The store's clock jumps (or the writer's refreshes were too slow on the
+/// store's side): a rival claims the entry. The writer's next heartbeat is
+/// fenced out — it changes nothing — and its guard turns invalid at once.
+#[tokio::test(start_paused = true)]
+async fn a_fenced_out_heartbeat_changes_nothing_and_invalidates_the_guard() {
+    let store_clock = leasehold::clock::ManualClock::new();
+    let log = MemoryChangeLog::new(Arc::new(store_clock.clone()), STALENESS);
+    let store = TwoTier::default();
+    let cleanup = TwoTierCleanup::new(store.clone());
+    let heartbeat = HeartbeatConfig::builder(INTERVAL).build().unwrap();
+    let manager = ChangeManager::new(
+        log.clone(),
+        OwnerId::new("writer"),
+        heartbeat,
+        cleanup.clone(),
+    )
+    .unwrap();
+    let mut guard = manager.record(intent("a", "a.1", None)).await.unwrap();
+    store.put_blob("a.1");
+    guard.mark_applied();
+
+    store_clock.advance(STALENESS);
+    let rival = log.claim_stale(&OwnerId::new("rival"), 10).await.unwrap();
+    assert_eq!(rival.len(), 1);
+    let owned_by_rival = log.get(guard.fence().id()).await.unwrap().unwrap();
+
+    // The writer's next beat (10 s on its own clock) is fenced out.
+    tokio::time::sleep(INTERVAL + Duration::from_millis(1)).await;
+    assert_eq!(
+        guard.validity().check().unwrap_err().reason,
+        InvalidReason::Fenced
+    );
+    assert_eq!(
+        log.get(guard.fence().id()).await.unwrap().unwrap(),
+        owned_by_rival,
+        "the fenced-out refresh changed nothing"
+    );
+    let err = guard
+        .commit(async { store.cas("a", None, "a.1") })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CommitError::Invalid {
+            reason: InvalidReason::Fenced,
+            in_flight: false
+        }
+    ));
+    assert!(matches!(guard.finish().await, Err(FinishError::Invalid(_))));
+    assert!(cleanup.calls().is_empty());
+    // The rival still owns it and removes it.
+    assert_eq!(log.remove(&rival[0].fence).await.unwrap(), Removal::Removed);
+}

@@ -342,7 +342,7 @@ where
             if lost.lock().contains(&entry.fence.id()) {
                 continue;
             }
-            self.process_entry(&entry, &validity, &pending, &mut backoff)
+            self.process_entry(&entry, &validity, &pending, &lost, &mut backoff)
                 .await;
         }
         heartbeat.stop().await;
@@ -353,6 +353,7 @@ where
         entry: &ClaimedEntry,
         validity: &Validity,
         pending: &Pending,
+        lost: &Mutex<HashSet<EntryId>>,
         backoff: &mut Backoff,
     ) {
         if entry.claims > self.config.max_claims {
@@ -383,7 +384,12 @@ where
                     unpend(pending, &entry.fence);
                     match self.log.remove(&entry.fence).await {
                         Ok(Removal::Removed | Removal::Absent) => self.count(|s| s.cleaned += 1),
-                        Ok(Removal::Fenced) => self.count(|s| s.lost += 1),
+                        // Counted once, whether the beat or the removal saw it.
+                        Ok(Removal::Fenced) => {
+                            if lost.lock().insert(entry.fence.id()) {
+                                self.count(|s| s.lost += 1);
+                            }
+                        }
                         Err(error) => self.error(&error),
                     }
                     return;
