@@ -151,13 +151,14 @@ async fn sigkilled_writers_and_recoverers_leave_no_orphan_and_no_dangling_refere
 
     let mut rng = rand::rng();
     let mut kills = HashMap::from([("writer", 0_u32), ("recovery", 0_u32)]);
-    for _ in 0..KILLS {
+    for kill in 0..KILLS {
         // Workload pacing (processes need time to get into their writes),
         // not a sleep that makes the test's point.
         std::thread::sleep(Duration::from_millis(rng.random_range(20..160)));
         fleet.check_alive();
-        // Mostly writers; now and then the recovery process mid-cleanup.
-        let victim = if rng.random_range(0..5) == 0 {
+        // Writers (a random one), and every 6th kill the recovery process,
+        // wherever it is (mid-claim, mid-cleanup).
+        let victim = if kill % 6 == 5 {
             fleet
                 .children
                 .iter()

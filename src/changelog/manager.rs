@@ -333,11 +333,20 @@ where
     }
 
     /// Gives the operation up without cleanup: stops the heartbeat and leaves
-    /// the entry for recovery, as a crash would.
-    pub async fn abandon(mut self) {
+    /// the entry for recovery, as a crash would. The returned future waits
+    /// for the heartbeat task to end.
+    ///
+    /// # Cancel safety
+    ///
+    /// The operation is abandoned when `abandon` is called, before any
+    /// await; the returned future only waits, and may be dropped.
+    pub fn abandon(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.payload = None;
-        if let Some(heartbeat) = self.heartbeat.take() {
-            heartbeat.stop().await;
+        let stopped = self.heartbeat.take().map(Heartbeat::stop);
+        async move {
+            if let Some(stopped) = stopped {
+                stopped.await;
+            }
         }
     }
 }
