@@ -67,6 +67,7 @@
 
 pub mod clock;
 pub mod heartbeat;
+pub mod recovery;
 pub mod status;
 mod sync;
 pub mod watch_cell;
