@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds |
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
+//! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
 //!
 //! Everything that reasons about time reads it from an injected
 //! [`clock::Clock`], so tests use [`clock::ManualClock`] or tokio's paused
@@ -55,6 +56,32 @@
 //! let c = syncs.start(7, |_cancel| async { panic!("blob 7 is corrupt") });
 //! assert_eq!(c.done().await, SyncOutcome::Failed("blob 7 is corrupt".into()));
 //! assert_eq!(syncs.in_flight(), 0);
+//! # }
+//! ```
+//!
+//! ## A validity-gated commit
+//!
+//! ```
+//! use leasehold::heartbeat::{BeatError, Heartbeat, HeartbeatConfig};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! // Refresh the changelog entry every 10 s; others treat it as stale after 30 s.
+//! let config = HeartbeatConfig::builder(Duration::from_secs(10))
+//!     .margin(Duration::from_secs(2))
+//!     .build()
+//!     .unwrap();
+//! let heartbeat = Heartbeat::spawn(&config, || async {
+//!     // store.refresh(entry, owner_token).await.map_err(BeatError::transient)
+//!     Ok::<(), BeatError>(())
+//! });
+//! let validity = heartbeat.validity();
+//!
+//! // The CAS runs only while the entry is still ours, and is cut off at the
+//! // deadline if the store hangs.
+//! let committed = validity.run_while_valid(async { /* cas(pointer).await */ 42 }).await;
+//! assert_eq!(committed, Ok(42));
+//! heartbeat.stop().await; // stop refreshing, then remove the entry
 //! # }
 //! ```
 #![warn(

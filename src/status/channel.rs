@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Outcome, SyncOutcome, SyncStatus, TimedOut};
 use crate::WatchCell;
+use crate::watch_cell::WakeList;
 use crate::watch_cell::{Closed, WaitTimeoutError};
 
 /// Creates a status channel: one [`SyncPublisher`] that publishes the outcome
@@ -72,7 +73,7 @@ impl<O: Outcome> SyncPublisher<O> {
     /// assert_eq!(receiver.blocking_done(), SyncOutcome::Success);
     /// ```
     pub fn publish(mut self, outcome: O) {
-        self.publish_once(outcome);
+        drop(self.publish_once(outcome));
     }
 
     /// A new receiver of this channel.
@@ -99,10 +100,24 @@ impl<O: Outcome> SyncPublisher<O> {
             .expect("`status` is `Some` until the publisher is consumed or dropped")
     }
 
-    fn publish_once(&mut self, outcome: O) {
-        if let Some(status) = self.status.take() {
+    /// Publishes like [`publish`](Self::publish), but returns the wake-ups
+    /// instead of delivering them (they are delivered when dropped), so the
+    /// registry can publish under its map lock and wake after releasing it.
+    pub(crate) fn publish_deferred(mut self, outcome: O) -> WakeList {
+        self.publish_once(outcome)
+    }
+
+    fn publish_once(&mut self, outcome: O) -> WakeList {
+        match self.status.take() {
             // The only write to the cell: `Pending -> Done` happens once, here.
-            status.replace(SyncStatus::Done(outcome));
+            Some(status) => {
+                let ((), wakes) = status.modify_deferred(|current| {
+                    *current = SyncStatus::Done(outcome);
+                    (true, ())
+                });
+                wakes
+            }
+            None => WakeList::default(),
         }
     }
 }
@@ -110,7 +125,7 @@ impl<O: Outcome> SyncPublisher<O> {
 impl<O: Outcome> Drop for SyncPublisher<O> {
     fn drop(&mut self) {
         if self.status.is_some() {
-            self.publish_once(O::abandoned());
+            drop(self.publish_once(O::abandoned()));
         }
     }
 }

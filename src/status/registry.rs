@@ -451,9 +451,11 @@ where
             "a claimed key was removed by someone other than its publisher"
         );
         // Publish before unlocking: from now on the key is free and the
-        // outcome readable, and no one saw one without the other.
-        publisher.publish(outcome);
+        // outcome readable, and no one saw one without the other. The
+        // waiters are woken after the map lock is released.
+        let wakes = publisher.publish_deferred(outcome);
         drop(map);
+        drop(wakes);
     }
 }
 

@@ -66,7 +66,8 @@ pub use error::{Closed, WaitTimeoutError};
 
 use crate::sync::{Arc, Mutex};
 use wait::Wait;
-use waiter::{Changed, Map, Predicate, Until, Waiter, WaiterList, WakeList};
+pub(crate) use waiter::WakeList;
+use waiter::{Changed, Map, Predicate, Until, Waiter, WaiterList};
 
 /// The number of notifying modifications a cell has seen.
 ///
@@ -288,22 +289,32 @@ impl<T> WatchCell<T> {
     }
 
     fn modify_inner<R>(&self, f: impl FnOnce(&mut T) -> (bool, R)) -> R {
+        let (result, wakes) = self.modify_deferred(f);
+        drop(wakes);
+        result
+    }
+
+    /// [`modify_if`](Self::modify_if) that hands back the wake-ups instead of
+    /// delivering them: they are delivered when the returned list is dropped.
+    /// Lets a caller holding another lock (the status registry's map) release
+    /// it before waking anyone.
+    pub(crate) fn modify_deferred<R>(&self, f: impl FnOnce(&mut T) -> (bool, R)) -> (R, WakeList) {
         let mut state = self.shared.state.lock();
         match catch_unwind(AssertUnwindSafe(|| f(&mut state.value))) {
             Ok((changed, result)) => {
-                if changed {
-                    let wakes = state.notify();
-                    drop(state);
-                    wakes.wake_all();
-                }
-                result
+                let wakes = if changed {
+                    state.notify()
+                } else {
+                    WakeList::default()
+                };
+                (result, wakes)
             }
             Err(payload) => {
                 // The value may be half-modified: evaluate the waiters anyway,
                 // so none misses a state its predicate accepts.
                 let wakes = state.notify();
                 drop(state);
-                wakes.wake_all();
+                drop(wakes);
                 resume_unwind(payload)
             }
         }
@@ -336,7 +347,7 @@ impl<T> WatchCell<T> {
         state.waiters.close_all(&mut wakes);
         state.wakeups += wakes.len() as u64;
         drop(state);
-        wakes.wake_all();
+        drop(wakes);
         true
     }
 

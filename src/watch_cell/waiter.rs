@@ -408,13 +408,15 @@ impl<T> WaiterList<T> {
     }
 }
 
-/// Unparkers collected under the lock, woken after it is released so a woken
-/// waiter never contends with the modifier for the lock.
+/// Unparkers collected under the lock, woken when the list is dropped: after
+/// the lock is released, so a woken waiter never contends with the modifier
+/// for it.
 ///
 /// The first unparker is stored inline: the common single wake-up allocates
 /// nothing.
 #[derive(Default)]
-pub(super) struct WakeList {
+#[must_use = "dropping the list wakes its waiters: drop it after releasing locks"]
+pub(crate) struct WakeList {
     first: Option<Unparker>,
     rest: Vec<Unparker>,
 }
@@ -431,12 +433,14 @@ impl WakeList {
     pub(super) fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
+}
 
-    pub(super) fn wake_all(self) {
-        if let Some(first) = self.first {
+impl Drop for WakeList {
+    fn drop(&mut self) {
+        if let Some(first) = self.first.take() {
             first.unpark();
         }
-        for unparker in self.rest {
+        for unparker in self.rest.drain(..) {
             unparker.unpark();
         }
     }
