@@ -13,9 +13,9 @@ use std::time::Duration;
 use leasehold::WatchCell;
 use leasehold::clock::ManualClock;
 use leasehold::recovery::{
-    Checkpoint, FinalCheckpoint, KeySource, MemoryProgressStore, ProgressStore, Recheck,
-    RecoveryScan, ResumePoint, RetryPolicy, ScanConfig, ScanError, ScanKey, ScopeFingerprint,
-    SettledCursor, StoreError,
+    Checkpoint, FinalCheckpoint, KeySource, MemoryProgressStore, ProgressStore, ProgressStoreError,
+    Recheck, RecoveryScan, ResumePoint, RetryPolicy, ScanConfig, ScanError, ScanKey,
+    ScopeFingerprint, SettledCursor,
 };
 use leasehold::status::{SyncOutcome, SyncRegistry};
 use parking_lot::Mutex;
@@ -89,16 +89,16 @@ impl CheckingStore {
 }
 
 impl ProgressStore for CheckingStore {
-    async fn load(&self) -> Result<Option<Checkpoint>, StoreError> {
+    async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
         self.inner.load().await
     }
 
-    async fn save(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
+    async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
         self.check(&checkpoint);
         self.inner.save(checkpoint).await
     }
 
-    async fn clear(&self) -> Result<(), StoreError> {
+    async fn clear(&self) -> Result<(), ProgressStoreError> {
         self.inner.clear().await
     }
 }
@@ -1066,16 +1066,16 @@ async fn out_of_order_source_is_rejected() {
 struct Unreadable;
 
 impl ProgressStore for Unreadable {
-    async fn load(&self) -> Result<Option<Checkpoint>, StoreError> {
-        Err(StoreError::Backend {
+    async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
+        Err(ProgressStoreError::Backend {
             backend: "test",
             source: "disk gone".into(),
         })
     }
-    async fn save(&self, _: Checkpoint) -> Result<(), StoreError> {
+    async fn save(&self, _: Checkpoint) -> Result<(), ProgressStoreError> {
         panic!("nothing to save after a failed load")
     }
-    async fn clear(&self) -> Result<(), StoreError> {
+    async fn clear(&self) -> Result<(), ProgressStoreError> {
         panic!("a failed load is not an empty store")
     }
 }
@@ -1099,7 +1099,7 @@ async fn store_load_error_stops_the_scan_before_any_sync() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ScanError::Store(StoreError::Backend { .. })),
+        matches!(error, ScanError::Store(ProgressStoreError::Backend { .. })),
         "{error}"
     );
     assert_eq!(control.stopped().await, FinalCheckpoint::NotSaved);
@@ -1148,4 +1148,148 @@ fn invalid_configuration_is_rejected_by_setting_name() {
     assert_eq!(new(config(0, 1, 1)), "concurrency");
     assert_eq!(new(config(1, 0, 1)), "checkpoint_every");
     assert_eq!(new(config(1, 1, 0)), "window");
+}
+
+// ---------------------------------------------------------------- SQLite store
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use leasehold::recovery::{ProgressStoreError, SqliteProgressStore};
+
+    #[tokio::test]
+    async fn sqlite_store_round_trips_every_resume_point_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.db");
+        let store = SqliteProgressStore::open(&path, "scan-a").await.unwrap();
+        assert_eq!(store.load().await.unwrap(), None);
+        for resume in [
+            ResumePoint::Start,
+            ResumePoint::From(vec![1, 2]),
+            ResumePoint::After(vec![]),
+        ] {
+            let checkpoint = Checkpoint {
+                scope: scope("shards 1,2"),
+                resume,
+            };
+            store.save(checkpoint.clone()).await.unwrap();
+            drop(store.clone());
+            let reopened = SqliteProgressStore::open(&path, "scan-a").await.unwrap();
+            assert_eq!(reopened.load().await.unwrap(), Some(checkpoint));
+        }
+        store.clear().await.unwrap();
+        store.clear().await.unwrap(); // idempotent
+        assert_eq!(
+            SqliteProgressStore::open(&path, "scan-a")
+                .await
+                .unwrap()
+                .load()
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_keeps_the_checkpoints_of_different_scans_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.db");
+        let a = SqliteProgressStore::open(&path, "a").await.unwrap();
+        let b = SqliteProgressStore::open(&path, "b").await.unwrap();
+        let checkpoint = Checkpoint {
+            scope: scope("s"),
+            resume: ResumePoint::After(vec![9]),
+        };
+        a.save(checkpoint.clone()).await.unwrap();
+        assert_eq!(b.load().await.unwrap(), None);
+        b.clear().await.unwrap();
+        assert_eq!(a.load().await.unwrap(), Some(checkpoint));
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_reports_an_unreadable_row_as_corrupt_not_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.db");
+        let store = SqliteProgressStore::open(&path, "a").await.unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO leasehold_scan_progress (scan, scope, position, key) VALUES ('a', x'00', 7, NULL)",
+            [],
+        )
+        .unwrap();
+        let error = store.load().await.unwrap_err();
+        assert!(
+            matches!(error, ProgressStoreError::Corrupt { .. }),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.db");
+        drop(SqliteProgressStore::open(&path, "a").await.unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE leasehold_schema SET version = 99 WHERE component = 'scan_progress'",
+            [],
+        )
+        .unwrap();
+        let error = SqliteProgressStore::open(&path, "a").await.unwrap_err();
+        assert!(error.to_string().contains("99"), "{error}");
+    }
+
+    /// A scan stopped in one "process" resumes in the next from the
+    /// checkpoint in the file, and clears it when done.
+    #[tokio::test(start_paused = true)]
+    async fn scan_resumes_from_the_sqlite_checkpoint_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let ran: Arc<Vec<AtomicU32>> = Arc::new((0..2_000).map(|_| AtomicU32::new(0)).collect());
+        let sync = {
+            let ran = Arc::clone(&ran);
+            move |key: u64, _cancel| {
+                ran[key as usize].fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1 + key % 5)).await;
+                    SyncOutcome::Success
+                }
+            }
+        };
+        let open = || SqliteProgressStore::open_blocking(&path, "recovery");
+        let first = RecoveryScan::new(
+            keys(0..2_000),
+            open().unwrap(),
+            Arc::new(SyncRegistry::new()),
+            config(8, 50, 64),
+        )
+        .unwrap();
+        let control = first.control();
+        let task = tokio::spawn(first.run(scope("s"), sync.clone(), no_recheck));
+        while control.progress().settled < 700 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        task.abort(); // the drop saves the resume point
+        let FinalCheckpoint::Saved(saved) = control.stopped().await else {
+            panic!("not saved")
+        };
+
+        let second = RecoveryScan::new(
+            keys(0..2_000),
+            open().unwrap(),
+            Arc::new(SyncRegistry::new()),
+            config(8, 50, 64),
+        )
+        .unwrap();
+        let report = second.run(scope("s"), sync, no_recheck).await.unwrap();
+        assert!(report.completed);
+        assert_eq!(report.progress.started_from, saved);
+        let rescanned = ran.iter().filter(|r| r.load(Ordering::SeqCst) > 1).count();
+        assert!(ran.iter().all(|r| r.load(Ordering::SeqCst) >= 1));
+        assert!(
+            rescanned <= 64,
+            "only the window is repeated, got {rescanned}"
+        );
+        assert_eq!(open().unwrap().load().await.unwrap(), None);
+    }
 }

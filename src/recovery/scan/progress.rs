@@ -7,7 +7,7 @@ use std::future::Future;
 use std::hash::Hash;
 
 use super::cursor::ResumePoint;
-use super::error::{KeyDecodeError, StoreError};
+use super::error::{KeyDecodeError, ProgressStoreError};
 use std::sync::Arc;
 
 use crate::sync::Mutex;
@@ -183,49 +183,55 @@ pub trait ProgressStore: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] if the store cannot be read or holds an unreadable
+    /// [`ProgressStoreError`] if the store cannot be read or holds an unreadable
     /// checkpoint.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe (read only).
-    fn load(&self) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send;
+    fn load(&self) -> impl Future<Output = Result<Option<Checkpoint>, ProgressStoreError>> + Send;
 
     /// Durably replaces the checkpoint with `checkpoint`.
     ///
     /// # Errors
     ///
-    /// [`StoreError`] if the store failed; the previous checkpoint is then
+    /// [`ProgressStoreError`] if the store failed; the previous checkpoint is then
     /// still in place.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe in the sense that matters: a dropped save leaves the old
     /// or the new checkpoint, never a mix.
-    fn save(&self, checkpoint: Checkpoint) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn save(
+        &self,
+        checkpoint: Checkpoint,
+    ) -> impl Future<Output = Result<(), ProgressStoreError>> + Send;
 
     /// Removes the checkpoint (idempotent).
     ///
     /// # Errors
     ///
-    /// [`StoreError`] if the store failed.
+    /// [`ProgressStoreError`] if the store failed.
     ///
     /// # Cancel safety
     ///
     /// As for [`save`](Self::save).
-    fn clear(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn clear(&self) -> impl Future<Output = Result<(), ProgressStoreError>> + Send;
 }
 
 impl<S: ProgressStore> ProgressStore for Arc<S> {
-    fn load(&self) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send {
+    fn load(&self) -> impl Future<Output = Result<Option<Checkpoint>, ProgressStoreError>> + Send {
         (**self).load()
     }
 
-    fn save(&self, checkpoint: Checkpoint) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn save(
+        &self,
+        checkpoint: Checkpoint,
+    ) -> impl Future<Output = Result<(), ProgressStoreError>> + Send {
         (**self).save(checkpoint)
     }
 
-    fn clear(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn clear(&self) -> impl Future<Output = Result<(), ProgressStoreError>> + Send {
         (**self).clear()
     }
 }
@@ -264,18 +270,18 @@ impl MemoryProgressStore {
 }
 
 impl ProgressStore for MemoryProgressStore {
-    async fn load(&self) -> Result<Option<Checkpoint>, StoreError> {
+    async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
         Ok(self.checkpoint())
     }
 
-    async fn save(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
+    async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
         let mut state = self.inner.lock();
         state.checkpoint = Some(checkpoint);
         state.saves += 1;
         Ok(())
     }
 
-    async fn clear(&self) -> Result<(), StoreError> {
+    async fn clear(&self) -> Result<(), ProgressStoreError> {
         self.inner.lock().checkpoint = None;
         Ok(())
     }

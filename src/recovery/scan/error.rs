@@ -25,7 +25,7 @@ pub enum CursorError {
 /// A scan or retry setting out of range: which one, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("invalid recovery scan setting `{setting}`: {reason}")]
-pub struct ConfigError {
+pub struct ScanConfigError {
     /// The setting's name, as in the configuration struct.
     pub setting: &'static str,
     /// What is wrong with it.
@@ -43,7 +43,7 @@ pub struct KeyDecodeError {
 /// A [`ProgressStore`](super::ProgressStore) operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StoreError {
+pub enum ProgressStoreError {
     /// The backend failed (I/O, connection, lock timeout, worker gone); the
     /// operation may succeed if retried.
     #[error("the {backend} progress store failed: {source}")]
@@ -86,7 +86,7 @@ pub enum ScanError {
     },
     /// Loading, saving or clearing the checkpoint failed.
     #[error("progress store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] ProgressStoreError),
     /// The stored checkpoint's key does not decode as a key of this scan.
     #[error("the checkpoint's resume key is unreadable: {0}")]
     CheckpointKey(#[from] KeyDecodeError),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::cursor::{ResumePoint, SettledCursor};
-use super::error::{ConfigError, ScanError, StoreError};
+use super::error::{ProgressStoreError, ScanConfigError, ScanError};
 use super::progress::{Checkpoint, ProgressStore, ScanKey, ScopeFingerprint};
 use super::retry::{RetryPolicy, RetryQueue};
 use crate::clock::{self, Clock};
@@ -145,9 +145,9 @@ impl ScanConfig {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] naming the first setting that is zero where it must
+    /// [`ScanConfigError`] naming the first setting that is zero where it must
     /// be positive, or an invalid [`RetryPolicy`].
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ScanConfigError> {
         let positive = [
             ("concurrency", self.concurrency as u64),
             ("checkpoint_every", self.checkpoint_every),
@@ -155,7 +155,7 @@ impl ScanConfig {
             ("batch_size", self.batch_size as u64),
         ];
         if let Some((setting, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError {
+            return Err(ScanConfigError {
                 setting,
                 reason: "must be positive".to_owned(),
             });
@@ -417,13 +417,13 @@ where
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] if `config` is invalid ([`ScanConfig::validate`]).
+    /// [`ScanConfigError`] if `config` is invalid ([`ScanConfig::validate`]).
     pub fn new(
         source: Src,
         store: S,
         registry: Arc<SyncRegistry<K>>,
         config: ScanConfig,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, ScanConfigError> {
         config.validate()?;
         let (stopped, stopped_receiver) = status::channel();
         Ok(Self {
@@ -637,7 +637,7 @@ impl<K: ScanKey, S: ProgressStore> Driver<K, S> {
     }
 
     /// Saves the resume point if it differs from the stored one.
-    async fn save(&mut self) -> Result<(), StoreError> {
+    async fn save(&mut self) -> Result<(), ProgressStoreError> {
         let point = self.cursor.resume_point();
         if self.persisted.as_ref() != Some(&point) {
             self.store.save(self.checkpoint(&point)).await?;
@@ -657,7 +657,7 @@ impl<K: ScanKey, S: ProgressStore> Driver<K, S> {
     }
 
     /// Saves when the resume point has passed `every` keys since the last save.
-    async fn maybe_save(&mut self, every: u64) -> Result<(), StoreError> {
+    async fn maybe_save(&mut self, every: u64) -> Result<(), ProgressStoreError> {
         if self.cursor.passed() - self.passed_at_persist >= every {
             self.save().await?;
             self.report();

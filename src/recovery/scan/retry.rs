@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use super::error::ConfigError;
+use super::error::ScanConfigError;
 
 /// How a failed or cancelled key is retried.
 ///
@@ -65,11 +65,11 @@ impl RetryPolicy {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] if `initial` is zero, `max < initial`, or `jitter` is
+    /// [`ScanConfigError`] if `initial` is zero, `max < initial`, or `jitter` is
     /// outside `0.0..=1.0`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ScanConfigError> {
         let error = |setting, reason: &str| {
-            Err(ConfigError {
+            Err(ScanConfigError {
                 setting,
                 reason: reason.to_owned(),
             })
@@ -137,7 +137,7 @@ impl<K> RetryQueue<K> {
     /// # Errors
     ///
     /// As [`RetryPolicy::validate`].
-    pub fn new(policy: RetryPolicy, seed: u64) -> Result<Self, ConfigError> {
+    pub fn new(policy: RetryPolicy, seed: u64) -> Result<Self, ScanConfigError> {
         policy.validate()?;
         Ok(Self {
             policy,
