@@ -14,6 +14,7 @@
 //! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds |
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
+//! | [`recovery::RecoveryScan`] | a long recovery scan over an ordered key space: concurrent syncs with jittered retries, a checkpoint that never passes unfinished work, resumed only when the scope is unchanged |
 //!
 //! Everything that reasons about time reads it from an injected
 //! [`clock::Clock`], so tests use [`clock::ManualClock`] or tokio's paused
