@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::heartbeat::ConfigError;
+use crate::heartbeat::ScanConfigError as HeartbeatConfigError;
 
 /// A [`RecoveryConfig`](super::RecoveryConfig) value is unusable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum RecoveryConfigError {
     /// The heartbeat for claimed batches is invalid (e.g. a zero interval
     /// derived from a zero staleness threshold).
     #[error("invalid heartbeat for claimed batches: {0}")]
-    Heartbeat(#[source] ConfigError),
+    Heartbeat(#[source] HeartbeatConfigError),
     /// The batch heartbeat's ttl exceeds the log's staleness threshold: the
     /// loop would still believe in entries that others may claim.
     #[error("batch heartbeat ttl {ttl:?} exceeds the log's staleness threshold {staleness:?}")]

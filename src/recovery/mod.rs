@@ -1,10 +1,17 @@
-//! Recovery of stale changelog entries.
+//! Recovery after crashes and downtime.
 //!
-//! A writer that crashes (or stalls past its deadline) leaves its
-//! [`changelog`](crate::changelog) entry behind; the entry stops being
-//! refreshed and goes stale. [`RecoveryLoop`] runs continuously on every
-//! instance, claims stale entries — each by exactly one instance — and runs
-//! the caller's idempotent [`Cleanup`](crate::changelog::Cleanup) on them.
+//! | situation | use |
+//! |---|---|
+//! | writers crashed (or stalled) and left [`changelog`](crate::changelog) entries behind | [`RecoveryLoop`] |
+//! | a storage node back from downtime must sync every key it should hold | [`RecoveryScan`] |
+//!
+//! # The continuous changelog recovery
+//!
+//! A writer that crashes (or stalls past its deadline) leaves its changelog
+//! entry behind; the entry stops being refreshed and goes stale.
+//! [`RecoveryLoop`] runs continuously on every instance, claims stale
+//! entries — each by exactly one instance — and runs the caller's idempotent
+//! [`Cleanup`](crate::changelog::Cleanup) on them.
 //!
 //! | type | role |
 //! |---|---|
@@ -12,7 +19,7 @@
 //! | [`RecoveryConfig`] | batch size, waits, backoff, attempts before quarantine |
 //! | [`RecoveryStats`], [`QuarantineReport`] | what it did, and which poison entries it parked |
 //!
-//! # Differences from the reference design this replaces
+//! Differences from the reference design this replaces:
 //!
 //! - Claims are exclusive and fenced (the log's
 //!   [`claim_stale`](crate::changelog::ChangeLog::claim_stale)), not an
@@ -25,11 +32,29 @@
 //!   retried forever in front of the healthy ones.
 //! - The loop backs off on errors, waits when idle, re-polls at once after
 //!   work, and can be shut down and awaited.
+//!
+//! # The checkpointed recovery scan
+//!
+//! A storage node back from downtime must sync every key it should hold.
+//! [`RecoveryScan`] walks an ordered key source with a concurrency cap,
+//! retries failed syncs with a capped, jittered backoff (re-checking each
+//! key first), and persists a [`ResumePoint`] with a [`ScopeFingerprint`]
+//! in a [`ProgressStore`], so that a restart with the same scope resumes
+//! where the last run got to, and never past a key that was unfinished.
+//!
+//! | piece | what it owns |
+//! |---|---|
+//! | [`SettledCursor`] | the low-water mark over in-flight, retry-pending and settled keys |
+//! | [`RetryQueue`], [`RetryPolicy`] | when each failed key is due again (1 s doubling, capped at 30 s, jittered) |
+//! | [`ProgressStore`], [`MemoryProgressStore`] | the durable `{scope fingerprint, resume point}` |
+//! | [`RecoveryScan`], [`ScanControl`] | the driver, its stop switch, counters and final save |
 
 mod config;
 mod error;
 mod recovery_loop;
+mod scan;
 
 pub use config::{RecoveryConfig, RecoveryConfigBuilder};
 pub use error::RecoveryConfigError;
 pub use recovery_loop::{QuarantineReport, RecoveryLoop, RecoveryStats};
+pub use scan::*;

@@ -1,0 +1,284 @@
+//! [`RetryQueue`]: keys waiting for a retry, each due after a capped
+//! exponential backoff with jitter.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use super::error::ScanConfigError;
+
+/// How a failed or cancelled key is retried.
+///
+/// The `n`th retry of a key waits `min(initial × 2ⁿ⁻¹, max)`, shortened by a
+/// random fraction of at most `jitter` of it (so `jitter = 0.5` waits between
+/// half and all of the backoff, and retries that failed together spread
+/// out instead of hitting the backend together again).
+///
+/// # Examples
+///
+/// ```
+/// use leasehold::recovery::RetryPolicy;
+/// use std::time::Duration;
+///
+/// let policy = RetryPolicy::default();
+/// assert_eq!(policy.backoff(1), Duration::from_secs(1));
+/// assert_eq!(policy.backoff(3), Duration::from_secs(4));
+/// assert_eq!(policy.backoff(10), Duration::from_secs(30)); // capped
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// The backoff before the first retry (default 1 s).
+    pub initial: Duration,
+    /// The cap on the backoff (default 30 s).
+    pub max: Duration,
+    /// The largest fraction of a backoff that jitter removes, in `0.0..=1.0`
+    /// (default 0.5).
+    pub jitter: f64,
+    /// Give a key up after this many failed attempts (first run included);
+    /// `None` (the default) retries until it settles. A given-up key is
+    /// reported, and the resume point moves past it.
+    pub max_attempts: Option<NonZeroU32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            jitter: 0.5,
+            max_attempts: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before retry number `retry` (1 for the first), before
+    /// jitter: `min(initial × 2^(retry-1), max)`.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let doublings = retry.saturating_sub(1).min(31);
+        self.initial
+            .checked_mul(1 << doublings)
+            .map_or(self.max, |backoff| backoff.min(self.max))
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`ScanConfigError`] if `initial` is zero, `max < initial`, or `jitter` is
+    /// outside `0.0..=1.0`.
+    pub fn validate(&self) -> Result<(), ScanConfigError> {
+        let error = |setting, reason: &str| {
+            Err(ScanConfigError {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.initial.is_zero() {
+            return error("retry.initial", "must be positive");
+        }
+        if self.max < self.initial {
+            return error("retry.max", "must be at least `retry.initial`");
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return error("retry.jitter", "must lie in 0.0..=1.0");
+        }
+        Ok(())
+    }
+}
+
+/// A key that is due for a retry, from [`RetryQueue::pop_due`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry<K> {
+    /// The key.
+    pub key: K,
+    /// Which retry this is: 1 for the first.
+    pub retry: u32,
+    /// When it became due.
+    pub due: Instant,
+}
+
+/// Keys waiting for a retry, ordered by when they become due.
+///
+/// The queue only keeps time; running the retries, and counting them toward
+/// a concurrency cap, is its caller's job ([`RecoveryScan`](super::RecoveryScan)
+/// does both, and re-checks each key before retrying it). Time comes from the
+/// caller, so tests can drive it with a [`ManualClock`](crate::clock::ManualClock).
+///
+/// # Examples
+///
+/// ```
+/// use leasehold::recovery::{RetryPolicy, RetryQueue};
+/// use std::time::{Duration, Instant};
+///
+/// let policy = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
+/// let mut queue = RetryQueue::new(policy, 7).unwrap();
+/// let now = Instant::now();
+/// let due = queue.schedule("blob-3", 2, now);
+/// assert_eq!(due - now, Duration::from_secs(2));
+/// assert!(queue.pop_due(now).is_none());
+/// let retry = queue.pop_due(due).unwrap();
+/// assert_eq!((retry.key, retry.retry), ("blob-3", 2));
+/// ```
+#[derive(Debug, Clone)]
+pub struct RetryQueue<K> {
+    policy: RetryPolicy,
+    /// xorshift64* state for the jitter: deterministic per seed, so tests
+    /// reproduce, and no dependency on a random-number crate.
+    rng: u64,
+    /// By (due, insertion sequence): equal deadlines pop first-in first-out.
+    queue: BTreeMap<(Instant, u64), (K, u32)>,
+    sequence: u64,
+}
+
+impl<K> RetryQueue<K> {
+    /// An empty queue; `seed` seeds the jitter.
+    ///
+    /// # Errors
+    ///
+    /// As [`RetryPolicy::validate`].
+    pub fn new(policy: RetryPolicy, seed: u64) -> Result<Self, ScanConfigError> {
+        policy.validate()?;
+        Ok(Self {
+            policy,
+            // xorshift must not start at zero.
+            rng: seed ^ 0x9E37_79B9_7F4A_7C15 | 1,
+            queue: BTreeMap::new(),
+            sequence: 0,
+        })
+    }
+
+    /// The policy the queue schedules by.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// Schedules retry number `retry` (1 for the first) of `key`, due after
+    /// the policy's jittered backoff from `now`. Returns when it is due.
+    pub fn schedule(&mut self, key: K, retry: u32, now: Instant) -> Instant {
+        let backoff = self.policy.backoff(retry);
+        let cut = backoff.mul_f64(self.policy.jitter * self.next_unit());
+        let due = now + backoff.saturating_sub(cut);
+        self.sequence += 1;
+        self.queue.insert((due, self.sequence), (key, retry));
+        due
+    }
+
+    /// Removes and returns the earliest retry due at `now`, if any.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Retry<K>> {
+        let entry = self.queue.first_entry()?;
+        if entry.key().0 > now {
+            return None;
+        }
+        let ((due, _), (key, retry)) = entry.remove_entry();
+        Some(Retry { key, retry, due })
+    }
+
+    /// When the earliest retry is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.queue.keys().next().map(|(due, _)| *due)
+    }
+
+    /// The number of keys waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no key is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// A uniform value in `[0, 1)`.
+    fn next_unit(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let bits = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        bits as f64 / (1_u64 << 53) as f64
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jittered_delays_stay_within_the_jitter_band_and_vary() {
+        let policy = RetryPolicy::default();
+        let mut queue = RetryQueue::new(policy, 42).unwrap();
+        let now = Instant::now();
+        let mut delays = Vec::new();
+        for retry in 1..=8 {
+            for _ in 0..50 {
+                let delay = queue.schedule((), retry, now) - now;
+                let backoff = policy.backoff(retry);
+                assert!(
+                    delay <= backoff && delay >= backoff / 2,
+                    "{delay:?} vs {backoff:?}"
+                );
+                delays.push(delay);
+            }
+        }
+        delays.sort();
+        delays.dedup();
+        assert!(delays.len() > 300, "jitter should spread delays");
+    }
+
+    #[test]
+    fn backoff_doubles_from_initial_and_saturates_at_max() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        let backoffs: Vec<_> = (1..=6).map(|r| policy.backoff(r).as_millis()).collect();
+        assert_eq!(backoffs, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn invalid_policies_are_rejected_by_setting_name() {
+        let bad = |policy: RetryPolicy| RetryQueue::<()>::new(policy, 0).unwrap_err().setting;
+        let base = RetryPolicy::default();
+        assert_eq!(
+            bad(RetryPolicy {
+                initial: Duration::ZERO,
+                ..base
+            }),
+            "retry.initial"
+        );
+        assert_eq!(
+            bad(RetryPolicy {
+                max: Duration::from_millis(1),
+                ..base
+            }),
+            "retry.max"
+        );
+        assert_eq!(
+            bad(RetryPolicy {
+                jitter: 1.5,
+                ..base
+            }),
+            "retry.jitter"
+        );
+    }
+
+    #[test]
+    fn due_retries_pop_in_deadline_order() {
+        let policy = RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
+        let mut queue = RetryQueue::new(policy, 0).unwrap();
+        let now = Instant::now();
+        queue.schedule('c', 3, now);
+        queue.schedule('a', 1, now);
+        queue.schedule('b', 2, now);
+        let later = now + Duration::from_secs(60);
+        let order: Vec<_> = std::iter::from_fn(|| queue.pop_due(later))
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(order, ['a', 'b', 'c']);
+    }
+}

@@ -1,0 +1,288 @@
+//! [`SqliteProgressStore`]: scan checkpoints in an SQLite database file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::cursor::ResumePoint;
+use super::error::ProgressStoreError;
+use super::progress::{Checkpoint, ProgressStore, ScopeFingerprint};
+use crate::sync::Mutex;
+
+const BACKEND: &str = "sqlite";
+
+/// The progress-table schema version this crate writes and reads.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a call waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`ProgressStore`] in an SQLite database file: durable across process
+/// crashes, shared by the processes of one machine.
+///
+/// Each store handle is bound to one *scan name*; a file can hold the
+/// checkpoints of many scans (one row each, in table
+/// `leasehold_scan_progress`). The file may be the one that holds a
+/// `SqliteChangeLog`: the tables do
+/// not overlap, and both record their schema version in `leasehold_schema`.
+///
+/// The database runs in WAL mode with `synchronous = FULL`: a `save` that
+/// returned survives power loss. Every call runs on tokio's blocking pool,
+/// never on an executor thread; clones share one connection.
+///
+/// # Examples
+///
+/// ```
+/// use leasehold::recovery::{Checkpoint, ProgressStore, ResumePoint, ScopeFingerprint, SqliteProgressStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("node.db");
+/// let store = SqliteProgressStore::open(&path, "blob-recovery").await?;
+/// let checkpoint = Checkpoint { scope: ScopeFingerprint::from("shards 1,4"), resume: ResumePoint::After(vec![7]) };
+/// store.save(checkpoint.clone()).await?;
+/// drop(store);
+/// // A new process opens the file and finds the checkpoint.
+/// let reopened = SqliteProgressStore::open(&path, "blob-recovery").await?;
+/// assert_eq!(reopened.load().await?, Some(checkpoint));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqliteProgressStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    scan: String,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteProgressStore {
+    /// Opens (creating if needed) the database at `path` and the progress
+    /// table, for the scan named `scan`, on a blocking thread.
+    ///
+    /// # Errors
+    ///
+    /// [`ProgressStoreError::Backend`] if the file cannot be opened, put in
+    /// WAL mode, or the table created; [`ProgressStoreError::Corrupt`] if
+    /// the file holds a newer progress schema than this crate reads.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped open leaves at most an empty table behind.
+    pub async fn open(
+        path: impl AsRef<Path>,
+        scan: impl Into<String>,
+    ) -> Result<Self, ProgressStoreError> {
+        let (path, scan) = (path.as_ref().to_owned(), scan.into());
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, scan))
+            .await
+            .map_err(worker_gone)?
+    }
+
+    /// [`open`](Self::open) for synchronous callers. Blocks the calling
+    /// thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_blocking(
+        path: impl AsRef<Path>,
+        scan: impl Into<String>,
+    ) -> Result<Self, ProgressStoreError> {
+        let path = path.as_ref().to_owned();
+        let mut conn = Connection::open(&path).map_err(backend)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        init_schema(&mut conn)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path,
+                scan: scan.into(),
+                conn: Mutex::new(conn),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The scan whose checkpoint this handle reads and writes.
+    pub fn scan(&self) -> &str {
+        &self.shared.scan
+    }
+
+    /// Runs `f` with the connection and scan name on tokio's blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, ProgressStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &str) -> Result<T, ProgressStoreError> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = shared.conn.lock();
+            f(&mut conn, &shared.scan)
+        })
+        .await
+        .map_err(worker_gone)?
+    }
+}
+
+fn init_schema(conn: &mut Connection) -> Result<(), ProgressStoreError> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(backend)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(ProgressStoreError::Backend {
+            backend: BACKEND,
+            source: format!("the database refused WAL mode (journal_mode is {mode})").into(),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL;")
+        .map_err(backend)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS leasehold_schema (
+             component TEXT PRIMARY KEY,
+             version INTEGER NOT NULL
+         );",
+    )
+    .map_err(backend)?;
+    let found: Option<i64> = tx
+        .query_row(
+            "SELECT version FROM leasehold_schema WHERE component = 'scan_progress'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    match found {
+        Some(version) if version > SCHEMA_VERSION => {
+            return Err(ProgressStoreError::Corrupt {
+                reason: format!(
+                    "scan progress schema version {version} is newer than the supported \
+                     version {SCHEMA_VERSION}"
+                ),
+            });
+        }
+        Some(_) => {}
+        None => {
+            // `position`: 0 = start, 1 = from `key` (inclusive), 2 = after
+            // `key` (exclusive).
+            tx.execute_batch(
+                "CREATE TABLE leasehold_scan_progress (
+                     scan TEXT PRIMARY KEY,
+                     scope BLOB NOT NULL,
+                     position INTEGER NOT NULL,
+                     key BLOB
+                 );
+                 INSERT INTO leasehold_schema (component, version) VALUES ('scan_progress', 1);",
+            )
+            .map_err(backend)?;
+        }
+    }
+    tx.commit().map_err(backend)
+}
+
+fn backend(error: rusqlite::Error) -> ProgressStoreError {
+    ProgressStoreError::Backend {
+        backend: BACKEND,
+        source: Box::new(error),
+    }
+}
+
+fn worker_gone(error: tokio::task::JoinError) -> ProgressStoreError {
+    ProgressStoreError::Backend {
+        backend: BACKEND,
+        source: format!("the blocking worker is unavailable: {error}").into(),
+    }
+}
+
+fn encode(point: ResumePoint<Vec<u8>>) -> (i64, Option<Vec<u8>>) {
+    match point {
+        ResumePoint::Start => (0, None),
+        ResumePoint::From(key) => (1, Some(key)),
+        ResumePoint::After(key) => (2, Some(key)),
+    }
+}
+
+fn decode(position: i64, key: Option<Vec<u8>>) -> Result<ResumePoint<Vec<u8>>, ProgressStoreError> {
+    match (position, key) {
+        (0, None) => Ok(ResumePoint::Start),
+        (1, Some(key)) => Ok(ResumePoint::From(key)),
+        (2, Some(key)) => Ok(ResumePoint::After(key)),
+        (position, key) => Err(ProgressStoreError::Corrupt {
+            reason: format!(
+                "position {position} with {} key",
+                if key.is_some() { "a" } else { "no" }
+            ),
+        }),
+    }
+}
+
+impl ProgressStore for SqliteProgressStore {
+    async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
+        self.run(|conn, scan| {
+            let row: Option<(Vec<u8>, i64, Option<Vec<u8>>)> = conn
+                .query_row(
+                    "SELECT scope, position, key FROM leasehold_scan_progress WHERE scan = ?1",
+                    params![scan],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            row.map(|(scope, position, key)| {
+                Ok(Checkpoint {
+                    scope: ScopeFingerprint::new(scope),
+                    resume: decode(position, key)?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
+        self.run(move |conn, scan| {
+            let (position, key) = encode(checkpoint.resume);
+            conn.execute(
+                "INSERT INTO leasehold_scan_progress (scan, scope, position, key)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (scan) DO UPDATE
+                 SET scope = excluded.scope, position = excluded.position, key = excluded.key",
+                params![scan, checkpoint.scope.as_bytes(), position, key],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn clear(&self) -> Result<(), ProgressStoreError> {
+        self.run(|conn, scan| {
+            conn.execute(
+                "DELETE FROM leasehold_scan_progress WHERE scan = ?1",
+                params![scan],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl fmt::Debug for SqliteProgressStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteProgressStore")
+            .field("path", &self.shared.path)
+            .field("scan", &self.shared.scan)
+            .finish()
+    }
+}
