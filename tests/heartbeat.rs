@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use leasehold::clock::{Clock, ManualClock};
 use leasehold::heartbeat::{
-    BeatError, Heartbeat, HeartbeatConfig, InvalidReason, MIN_TTL_FACTOR, ScanConfigError,
+    BeatError, ConfigError, Heartbeat, HeartbeatConfig, InvalidReason, MIN_TTL_FACTOR,
     ValidityController,
 };
 
@@ -603,7 +603,7 @@ fn zero_interval_is_rejected() {
         HeartbeatConfig::builder(Duration::ZERO)
             .build()
             .unwrap_err(),
-        ScanConfigError::ZeroInterval
+        ConfigError::ZeroInterval
     );
 }
 
@@ -615,7 +615,7 @@ fn ttl_below_the_safe_factor_is_rejected() {
         .unwrap_err();
     assert_eq!(
         error,
-        ScanConfigError::TtlTooShort {
+        ConfigError::TtlTooShort {
             ttl: 19 * SEC,
             interval: 10 * SEC,
             factor: MIN_TTL_FACTOR
@@ -637,7 +637,7 @@ fn margin_not_below_ttl_minus_interval_is_rejected() {
         .unwrap_err();
     assert_eq!(
         error,
-        ScanConfigError::MarginTooLarge {
+        ConfigError::MarginTooLarge {
             margin: 20 * SEC,
             limit: 20 * SEC
         }
@@ -658,7 +658,7 @@ fn invalid_backoff_is_rejected() {
                 .backoff(initial, max)
                 .build()
                 .unwrap_err(),
-            ScanConfigError::InvalidBackoff { initial, max }
+            ConfigError::InvalidBackoff { initial, max }
         );
     }
 }
@@ -666,10 +666,7 @@ fn invalid_backoff_is_rejected() {
 #[test]
 fn an_interval_too_long_to_multiply_is_rejected_not_a_panic() {
     let error = HeartbeatConfig::builder(Duration::MAX).build().unwrap_err();
-    assert!(
-        matches!(error, ScanConfigError::TtlTooShort { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, ConfigError::TtlTooShort { .. }), "{error}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::error::ScanConfigError;
+use super::error::ConfigError;
 use crate::clock::{self, Clock};
 
 /// `ttl` must be at least this many beat intervals: with less, a single
@@ -31,7 +31,7 @@ pub const DEFAULT_TTL_FACTOR: u32 = 3;
 /// # Examples
 ///
 /// ```
-/// use leasehold::heartbeat::{ScanConfigError, HeartbeatConfig};
+/// use leasehold::heartbeat::{ConfigError, HeartbeatConfig};
 /// use std::time::Duration;
 ///
 /// let config = HeartbeatConfig::builder(Duration::from_secs(10))
@@ -42,7 +42,7 @@ pub const DEFAULT_TTL_FACTOR: u32 = 3;
 /// assert_eq!(config.validity_window(), Duration::from_secs(28));
 ///
 /// let too_short = HeartbeatConfig::builder(Duration::from_secs(10)).ttl(Duration::from_secs(15)).build();
-/// assert!(matches!(too_short, Err(ScanConfigError::TtlTooShort { .. })));
+/// assert!(matches!(too_short, Err(ConfigError::TtlTooShort { .. })));
 /// ```
 #[derive(Clone)]
 pub struct HeartbeatConfig {
@@ -150,28 +150,27 @@ impl HeartbeatConfigBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ScanConfigError`] naming the first rule broken (see
+    /// A [`ConfigError`] naming the first rule broken (see
     /// [`HeartbeatConfig`]).
-    pub fn build(self) -> Result<HeartbeatConfig, ScanConfigError> {
+    pub fn build(self) -> Result<HeartbeatConfig, ConfigError> {
         let interval = self.interval;
         if interval.is_zero() {
-            return Err(ScanConfigError::ZeroInterval);
+            return Err(ConfigError::ZeroInterval);
         }
-        let ttl =
-            match self.ttl {
-                Some(ttl) => ttl,
-                None => interval.checked_mul(DEFAULT_TTL_FACTOR).ok_or(
-                    ScanConfigError::TtlTooShort {
-                        ttl: Duration::MAX,
-                        interval,
-                        factor: DEFAULT_TTL_FACTOR,
-                    },
-                )?,
-            };
+        let ttl = match self.ttl {
+            Some(ttl) => ttl,
+            None => interval
+                .checked_mul(DEFAULT_TTL_FACTOR)
+                .ok_or(ConfigError::TtlTooShort {
+                    ttl: Duration::MAX,
+                    interval,
+                    factor: DEFAULT_TTL_FACTOR,
+                })?,
+        };
         // An interval so long that the product overflows cannot be satisfied.
         let min_ttl = interval.checked_mul(MIN_TTL_FACTOR);
         if min_ttl.is_none_or(|min_ttl| ttl < min_ttl) {
-            return Err(ScanConfigError::TtlTooShort {
+            return Err(ConfigError::TtlTooShort {
                 ttl,
                 interval,
                 factor: MIN_TTL_FACTOR,
@@ -179,7 +178,7 @@ impl HeartbeatConfigBuilder {
         }
         let limit = ttl - interval;
         if self.margin >= limit {
-            return Err(ScanConfigError::MarginTooLarge {
+            return Err(ConfigError::MarginTooLarge {
                 margin: self.margin,
                 limit,
             });
@@ -188,7 +187,7 @@ impl HeartbeatConfigBuilder {
             .backoff
             .unwrap_or(((interval / 8).max(Duration::from_nanos(1)), interval));
         if backoff_initial.is_zero() || backoff_max < backoff_initial {
-            return Err(ScanConfigError::InvalidBackoff {
+            return Err(ConfigError::InvalidBackoff {
                 initial: backoff_initial,
                 max: backoff_max,
             });

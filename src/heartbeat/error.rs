@@ -111,7 +111,7 @@ impl BeatError {
 /// A rejected [`HeartbeatConfig`](super::HeartbeatConfig).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
-pub enum ScanConfigError {
+pub enum ConfigError {
     /// The beat interval is zero.
     #[error("the heartbeat interval must be non-zero")]
     ZeroInterval,

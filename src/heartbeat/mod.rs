@@ -56,6 +56,6 @@ mod task;
 mod validity;
 
 pub use config::{DEFAULT_TTL_FACTOR, HeartbeatConfig, HeartbeatConfigBuilder, MIN_TTL_FACTOR};
-pub use error::{BeatError, BoxError, Invalid, InvalidReason, ScanConfigError};
+pub use error::{BeatError, BoxError, ConfigError, Invalid, InvalidReason};
 pub use task::{Heartbeat, HeartbeatStats};
 pub use validity::{Validity, ValidityController};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::heartbeat::ScanConfigError as HeartbeatConfigError;
+use crate::heartbeat::ConfigError as HeartbeatConfigError;
 
 /// A [`RecoveryConfig`](super::RecoveryConfig) value is unusable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
