@@ -115,4 +115,6 @@ pub mod __loom {
     pub fn now() -> std::time::Instant {
         crate::sync::now()
     }
+
+    pub use crate::lease::LeaseProtocol;
 }

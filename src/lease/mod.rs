@@ -81,3 +81,7 @@ pub use config::{HEARTBEATS_PER_TTL, LeaseConfig, LeaseConfigBuilder};
 pub use error::{BackendError, ConfigError, LeaseError};
 pub use handle::{Lease, LeaseStats, SeqnoLease};
 pub use memory::{MemoryReader, MemoryShard, ReaderId, ReaderState, ShardStats};
+
+#[cfg(loom)]
+#[doc(hidden)]
+pub use state::LeaseProtocol;

@@ -354,3 +354,106 @@ impl<S: Since, Q: Seqno> fmt::Debug for LeaseShared<S, Q> {
         })
     }
 }
+
+/// The handle/task protocol on a lease's shared state, for the loom models
+/// in `loom-tests/` (no runtime, no backend): each method is one step either
+/// side takes. Not part of the API.
+#[cfg(loom)]
+#[derive(Debug, Clone)]
+pub struct LeaseProtocol {
+    shared: std::sync::Arc<LeaseShared<u64, u64>>,
+}
+
+#[cfg(loom)]
+impl LeaseProtocol {
+    /// A lease's state, holding `since` and `seqno`.
+    pub fn new(since: u64, seqno: u64) -> Self {
+        Self {
+            shared: std::sync::Arc::new(LeaseShared::new(since, seqno)),
+        }
+    }
+
+    /// Handle: `maybe_downgrade_since`.
+    pub fn maybe_downgrade(&self, since: u64) -> bool {
+        self.shared.maybe_downgrade(since)
+    }
+
+    /// Handle: `downgrade_since`, the request and the wait.
+    pub fn downgrade(&self, since: u64) -> impl Future<Output = Result<u64, LeaseError>> + '_ {
+        let request = self.shared.request_downgrade(since);
+        async move {
+            match request? {
+                Some(generation) => self.shared.wait_synced(generation).await,
+                None => Ok(self.shared.applied_since()),
+            }
+        }
+    }
+
+    /// Handle: `lease_seqno`.
+    pub fn lease_seqno(&self) -> super::SeqnoLease<u64> {
+        super::handle::seqno_lease_for_model(&self.shared)
+    }
+
+    /// Handle: `observe_seqno`.
+    pub fn observe_seqno(&self, seqno: u64) -> bool {
+        self.shared.observe_seqno(seqno)
+    }
+
+    /// Handle: what `Drop` does.
+    pub fn drop_handle(&self) {
+        self.shared.request_expire();
+    }
+
+    /// Handle: the wait in `expire()`; `true` if expired on request.
+    pub fn wait_ended(&self) -> impl Future<Output = bool> + '_ {
+        async move { self.shared.wait_ended().await == Ended::Expired }
+    }
+
+    /// Task: the idle wait (without the tick).
+    pub fn wait_for_work(&self) -> impl Future<Output = ()> + '_ {
+        self.shared.wait_for_work()
+    }
+
+    /// Task: whether an expiry was requested.
+    pub fn expire_requested(&self) -> bool {
+        self.shared.expire_requested()
+    }
+
+    /// Task: the snapshot a heartbeat sends: `(since, seqno hold, generation)`.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        let snapshot = self.shared.snapshot();
+        (
+            snapshot.since,
+            snapshot.seqno_hold,
+            snapshot.sync_generation,
+        )
+    }
+
+    /// Task: a heartbeat of `snapshot` succeeded, the backend applied its
+    /// since and reported `latest_seqno`.
+    pub fn ack(&self, snapshot: (u64, u64, u64), latest_seqno: u64) {
+        let (since, seqno_hold, sync_generation) = snapshot;
+        let sent = Snapshot {
+            since,
+            seqno_hold,
+            sync_generation,
+        };
+        self.shared.ack(
+            &sent,
+            HeartbeatReply {
+                since,
+                seqno: latest_seqno,
+            },
+        );
+    }
+
+    /// Task: the backend confirmed the expiry; the task exits.
+    pub fn end_expired(&self) {
+        self.shared.end(Ended::Expired);
+    }
+
+    /// The seqno hold the next heartbeat would send.
+    pub fn seqno_hold(&self) -> u64 {
+        self.shared.seqno_hold()
+    }
+}
