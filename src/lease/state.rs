@@ -405,8 +405,8 @@ impl LeaseProtocol {
     }
 
     /// Handle: the wait in `expire()`; `true` if expired on request.
-    pub fn wait_ended(&self) -> impl Future<Output = bool> + '_ {
-        async move { self.shared.wait_ended().await == Ended::Expired }
+    pub async fn wait_ended(&self) -> bool {
+        self.shared.wait_ended().await == Ended::Expired
     }
 
     /// Task: the idle wait (without the tick).
