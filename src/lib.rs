@@ -85,6 +85,30 @@
 //! heartbeat.stop().await; // stop refreshing, then remove the entry
 //! # }
 //! ```
+//!
+//! ## A reader's lease
+//!
+//! ```
+//! use leasehold::lease::{Lease, LeaseConfig, MemoryShard};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let config = LeaseConfig::builder(Duration::from_secs(60)).build().unwrap();
+//! let shard = MemoryShard::new(config.clock().clone(), config.ttl(), 0_u64, 0_u64);
+//! let (backend, since, seqno) = shard.register();
+//! let lease = Lease::spawn(backend, &config, since, seqno);
+//!
+//! let snapshot = lease.lease_seqno(); // the shard keeps seqno 0 while we read
+//! for since in 1..=10_000 {
+//!     lease.maybe_downgrade_since(since); // recorded; wakes nobody
+//! }
+//! assert_eq!(lease.downgrade_since(10_000).await, Ok(10_000)); // one sync
+//! assert_eq!((shard.since(), shard.gc_horizon()), (10_000, 0));
+//! drop(snapshot);
+//! drop(lease); // the background task expires the lease with the shard
+//! # while shard.readers() > 0 { tokio::task::yield_now().await }
+//! # }
+//! ```
 #![warn(
     missing_docs,
     missing_debug_implementations,
