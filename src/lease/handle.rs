@@ -111,7 +111,8 @@ impl<B: LeaseBackend> Lease<B> {
     ///
     /// The request is recorded when this is *called*, not when the future is
     /// first polled. A `since` the backend already holds resolves at once and
-    /// wakes nobody.
+    /// wakes nobody (so it does not flush seqno holds either: those always
+    /// wait for a heartbeat).
     ///
     /// # Errors
     ///
@@ -311,6 +312,9 @@ impl<B: LeaseBackend> Lease<B> {
 impl<B: LeaseBackend> Drop for Lease<B> {
     /// Asks the task to expire the lease and exit; returns at once. Works
     /// from any thread, outside any runtime.
+    ///
+    /// If the runtime the task runs on shuts down first, nobody calls the
+    /// backend's expire: the shard expires the reader once its ttl passes.
     fn drop(&mut self) {
         self.shared.request_expire();
     }
