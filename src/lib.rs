@@ -14,6 +14,7 @@
 //! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds |
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
+//! | [`lease::Lease`] | a reader's since frontier and seqno holds on a shard: the handle only records downgrades and seqno leases (waking nobody); a background task heartbeats, syncs on request, and expires the lease after a drop |
 //! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`] | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, staleness judged on the store's clock |
 //! | [`changelog::ChangeManager`], [`changelog::ChangeGuard`] | one writer operation across stores: record, heartbeat, commit only while the entry is still yours, clean up while valid, else leave it to recovery |
 //! | [`recovery::RecoveryLoop`] | continuous crash recovery: claim stale entries in batches, keep each alive until processed, run the idempotent cleanup, quarantine poison entries; backoff, shutdown |
@@ -89,6 +90,30 @@
 //! # }
 //! ```
 //!
+//! ## A reader's lease
+//!
+//! ```
+//! use leasehold::lease::{Lease, LeaseConfig, MemoryShard};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let config = LeaseConfig::builder(Duration::from_secs(60)).build().unwrap();
+//! let shard = MemoryShard::new(config.clock().clone(), config.ttl(), 0_u64, 0_u64);
+//! let (backend, since, seqno) = shard.register();
+//! let lease = Lease::spawn(backend, &config, since, seqno);
+//!
+//! let snapshot = lease.lease_seqno(); // the shard keeps seqno 0 while we read
+//! for since in 1..=10_000 {
+//!     lease.maybe_downgrade_since(since); // recorded; wakes nobody
+//! }
+//! assert_eq!(lease.downgrade_since(10_000).await, Ok(10_000)); // one sync
+//! assert_eq!((shard.since(), shard.gc_horizon()), (10_000, 0));
+//! drop(snapshot);
+//! drop(lease); // the background task expires the lease with the shard
+//! # while shard.readers() > 0 { tokio::task::yield_now().await }
+//! # }
+//! ```
+//!
 //! ## A write-ahead changelog with crash recovery
 //!
 //! A writer records its intent before any side effect; if it dies, its
@@ -142,6 +167,7 @@
 pub mod changelog;
 pub mod clock;
 pub mod heartbeat;
+pub mod lease;
 pub mod recovery;
 pub mod status;
 mod sync;
@@ -162,4 +188,6 @@ pub mod __loom {
     pub fn now() -> std::time::Instant {
         crate::sync::now()
     }
+
+    pub use crate::lease::LeaseProtocol;
 }

@@ -92,6 +92,31 @@ impl HeartbeatConfig {
     pub fn clock(&self) -> &std::sync::Arc<dyn Clock> {
         &self.clock
     }
+
+    /// A fresh retry schedule for one failed beat (or lease renewal).
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff {
+            next: self.backoff_initial,
+            max: self.backoff_max,
+        }
+    }
+}
+
+/// Retry delays after a failure: the configured initial delay, doubling up
+/// to the cap. Shared by [`Heartbeat`](super::Heartbeat) and the lease task.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// The delay before the next retry; doubles the one after (up to the cap).
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        delay
+    }
 }
 
 impl fmt::Debug for HeartbeatConfig {

@@ -267,7 +267,7 @@ async fn run<B, Fut>(
         if let Either::Right(_) = select(due, pin!(validity.invalidated())).await {
             break 'beating;
         }
-        let mut backoff = config.backoff_initial;
+        let mut backoff = config.backoff();
         loop {
             let start = clock.now();
             let outcome = match select(pin!(beat()), pin!(validity.invalidated())).await {
@@ -299,8 +299,7 @@ async fn run<B, Fut>(
                 }
                 Err(error @ BeatError::Transient(_)) => {
                     counters.failed(error);
-                    let retry = clock.sleep(backoff);
-                    backoff = backoff.saturating_mul(2).min(config.backoff_max);
+                    let retry = clock.sleep(backoff.next_delay());
                     if let Either::Right(_) = select(retry, pin!(validity.invalidated())).await {
                         break 'beating;
                     }
