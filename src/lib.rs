@@ -169,6 +169,8 @@ pub mod clock;
 pub mod heartbeat;
 pub mod lease;
 pub mod recovery;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 pub mod status;
 mod sync;
 pub mod watch_cell;

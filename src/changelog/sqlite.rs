@@ -5,20 +5,39 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence, OwnerId,
     Ownership, Removal,
 };
+use crate::sqlite::{self, OpenError, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";
 
-/// The changelog schema version this crate writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+/// The changelog's tables, at the schema version this crate writes and reads.
+///
+/// `AUTOINCREMENT`: ids are never reused, so a fence of a removed entry can
+/// never match a later entry at the same generation.
+const SCHEMA: Schema = Schema {
+    component: "changelog",
+    version: 1,
+    create: "CREATE TABLE leasehold_changelog (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 owner TEXT NOT NULL,
+                 generation INTEGER NOT NULL,
+                 refreshed_ms INTEGER NOT NULL,
+                 recorded_ms INTEGER NOT NULL,
+                 claims INTEGER NOT NULL DEFAULT 0,
+                 quarantined TEXT,
+                 payload BLOB NOT NULL
+             );
+             CREATE INDEX leasehold_changelog_claimable
+                 ON leasehold_changelog (refreshed_ms, id) WHERE quarantined IS NULL;",
+};
 
 /// The store's clock, in milliseconds since the Unix epoch, read by SQLite
 /// itself from the machine that holds the file. `:off` is the handle's test
@@ -111,23 +130,22 @@ impl SqliteChangeLogBuilder {
         };
         let staleness_ms = millis(self.staleness, "staleness")?;
         let offset_ms = millis(self.clock_offset, "clock offset")?;
-        let mut conn = Connection::open(&self.path).map_err(storage)?;
-        conn.busy_timeout(self.busy_timeout).map_err(storage)?;
-        // Switching to WAL needs a moment of exclusive access; several
-        // processes opening a fresh file at once may collide, and the busy
-        // handler does not cover every case, so retry within the timeout.
-        let give_up = Instant::now() + self.busy_timeout;
-        loop {
-            match init_schema(&mut conn, self.durability) {
-                Err(error @ ChangeLogError::Busy { .. }) => {
-                    if Instant::now() >= give_up {
-                        return Err(error);
+        let synchronous = match self.durability {
+            Durability::PowerLoss => Synchronous::Full,
+            Durability::ProcessCrash => Synchronous::Normal,
+        };
+        let conn =
+            sqlite::open(&self.path, self.busy_timeout, synchronous, &SCHEMA).map_err(|error| {
+                match error {
+                    OpenError::Sqlite(error) => storage(error),
+                    OpenError::NotWal { mode } => ChangeLogError::Config {
+                        reason: format!("the database refused WAL mode (journal_mode is {mode})"),
+                    },
+                    OpenError::SchemaTooNew { found, supported } => {
+                        ChangeLogError::SchemaTooNew { found, supported }
                     }
-                    std::thread::sleep(Duration::from_millis(10));
                 }
-                other => break other?,
-            }
-        }
+            })?;
         Ok(SqliteChangeLog {
             shared: Arc::new(Shared {
                 path: self.path,
@@ -140,82 +158,16 @@ impl SqliteChangeLogBuilder {
     }
 }
 
-fn init_schema(conn: &mut Connection, durability: Durability) -> Result<(), ChangeLogError> {
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(storage)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(ChangeLogError::Config {
-            reason: format!("the database refused WAL mode (journal_mode is {mode})"),
-        });
-    }
-    let synchronous = match durability {
-        Durability::PowerLoss => "FULL",
-        Durability::ProcessCrash => "NORMAL",
-    };
-    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous};"))
-        .map_err(storage)?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(storage)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS leasehold_schema (
-             component TEXT PRIMARY KEY,
-             version INTEGER NOT NULL
-         );",
-    )
-    .map_err(storage)?;
-    let found: Option<i64> = tx
-        .query_row(
-            "SELECT version FROM leasehold_schema WHERE component = 'changelog'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(storage)?;
-    match found {
-        Some(version) if version > SCHEMA_VERSION => {
-            return Err(ChangeLogError::SchemaTooNew {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        Some(_) => {}
-        None => {
-            // AUTOINCREMENT: ids are never reused, so a fence of a removed
-            // entry can never match a later entry at the same generation.
-            tx.execute_batch(
-                "CREATE TABLE leasehold_changelog (
-                     id INTEGER PRIMARY KEY AUTOINCREMENT,
-                     owner TEXT NOT NULL,
-                     generation INTEGER NOT NULL,
-                     refreshed_ms INTEGER NOT NULL,
-                     recorded_ms INTEGER NOT NULL,
-                     claims INTEGER NOT NULL DEFAULT 0,
-                     quarantined TEXT,
-                     payload BLOB NOT NULL
-                 );
-                 CREATE INDEX leasehold_changelog_claimable
-                     ON leasehold_changelog (refreshed_ms, id) WHERE quarantined IS NULL;
-                 INSERT INTO leasehold_schema (component, version) VALUES ('changelog', 1);",
-            )
-            .map_err(storage)?;
-        }
-    }
-    tx.commit().map_err(storage)
-}
-
 /// Maps a driver error: lock timeouts are [`ChangeLogError::Busy`], the
 /// rest [`ChangeLogError::Storage`].
 fn storage(error: rusqlite::Error) -> ChangeLogError {
-    match error.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            ChangeLogError::Busy { backend: BACKEND }
-        }
-        _ => ChangeLogError::Storage {
+    if sqlite::is_busy(&error) {
+        ChangeLogError::Busy { backend: BACKEND }
+    } else {
+        ChangeLogError::Storage {
             backend: BACKEND,
             source: Box::new(error),
-        },
+        }
     }
 }
 

@@ -5,17 +5,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::cursor::ResumePoint;
 use super::error::ProgressStoreError;
 use super::progress::{Checkpoint, ProgressStore, ScopeFingerprint};
+use crate::sqlite::{self, OpenError, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";
 
-/// The progress-table schema version this crate writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+/// The progress table, at the schema version this crate writes and reads.
+/// `position`: 0 = start, 1 = from `key` (inclusive), 2 = after `key`
+/// (exclusive).
+const SCHEMA: Schema = Schema {
+    component: "scan_progress",
+    version: 1,
+    create: "CREATE TABLE leasehold_scan_progress (
+                 scan TEXT PRIMARY KEY,
+                 scope BLOB NOT NULL,
+                 position INTEGER NOT NULL,
+                 key BLOB
+             );",
+};
 
 /// How long a call waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,9 +107,23 @@ impl SqliteProgressStore {
         scan: impl Into<String>,
     ) -> Result<Self, ProgressStoreError> {
         let path = path.as_ref().to_owned();
-        let mut conn = Connection::open(&path).map_err(backend)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
-        init_schema(&mut conn)?;
+        let conn =
+            sqlite::open(&path, BUSY_TIMEOUT, Synchronous::Full, &SCHEMA).map_err(|error| {
+                match error {
+                    OpenError::Sqlite(error) => backend(error),
+                    OpenError::NotWal { mode } => ProgressStoreError::Backend {
+                        backend: BACKEND,
+                        source: format!("the database refused WAL mode (journal_mode is {mode})")
+                            .into(),
+                    },
+                    OpenError::SchemaTooNew { found, supported } => ProgressStoreError::Corrupt {
+                        reason: format!(
+                            "scan progress schema version {found} is newer than the supported \
+                         version {supported}"
+                        ),
+                    },
+                }
+            })?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
@@ -131,64 +157,6 @@ impl SqliteProgressStore {
         .await
         .map_err(worker_gone)?
     }
-}
-
-fn init_schema(conn: &mut Connection) -> Result<(), ProgressStoreError> {
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(backend)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(ProgressStoreError::Backend {
-            backend: BACKEND,
-            source: format!("the database refused WAL mode (journal_mode is {mode})").into(),
-        });
-    }
-    conn.execute_batch("PRAGMA synchronous = FULL;")
-        .map_err(backend)?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS leasehold_schema (
-             component TEXT PRIMARY KEY,
-             version INTEGER NOT NULL
-         );",
-    )
-    .map_err(backend)?;
-    let found: Option<i64> = tx
-        .query_row(
-            "SELECT version FROM leasehold_schema WHERE component = 'scan_progress'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(backend)?;
-    match found {
-        Some(version) if version > SCHEMA_VERSION => {
-            return Err(ProgressStoreError::Corrupt {
-                reason: format!(
-                    "scan progress schema version {version} is newer than the supported \
-                     version {SCHEMA_VERSION}"
-                ),
-            });
-        }
-        Some(_) => {}
-        None => {
-            // `position`: 0 = start, 1 = from `key` (inclusive), 2 = after
-            // `key` (exclusive).
-            tx.execute_batch(
-                "CREATE TABLE leasehold_scan_progress (
-                     scan TEXT PRIMARY KEY,
-                     scope BLOB NOT NULL,
-                     position INTEGER NOT NULL,
-                     key BLOB
-                 );
-                 INSERT INTO leasehold_schema (component, version) VALUES ('scan_progress', 1);",
-            )
-            .map_err(backend)?;
-        }
-    }
-    tx.commit().map_err(backend)
 }
 
 fn backend(error: rusqlite::Error) -> ProgressStoreError {
