@@ -168,12 +168,20 @@ pub mod changelog;
 pub mod clock;
 pub mod heartbeat;
 pub mod lease;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod recovery;
 pub mod status;
 mod sync;
 pub mod watch_cell;
 
 pub use watch_cell::WatchCell;
+
+/// The PostgreSQL driver the `postgres` backends are built on, re-exported
+/// so that a `tokio_postgres::Config` or TLS connector given to them comes
+/// from the same version.
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
 
 /// Hooks for the loom models in `loom-tests/`; not part of the API.
 #[cfg(loom)]
