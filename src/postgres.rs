@@ -181,6 +181,25 @@ impl Tables {
     ) -> Result<(), PgFailure> {
         let mut client = pool.get().await.map_err(PgFailure::from_pool)?;
         let tx = client.transaction().await.map_err(PgFailure::from)?;
+        match self.create_or_check(&tx, component, version, ddl).await {
+            Ok(()) => Ok(tx.commit().await?),
+            Err(failure) => {
+                // Roll back now, not when the dropped transaction's ROLLBACK
+                // gets sent: the lock on `leasehold_schema` must not outlive
+                // this call (a DROP SCHEMA would wait on it).
+                let _ = tx.rollback().await;
+                Err(failure)
+            }
+        }
+    }
+
+    async fn create_or_check(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        component: &str,
+        version: i64,
+        ddl: &str,
+    ) -> Result<(), PgFailure> {
         // Serialize concurrent creators: `CREATE ... IF NOT EXISTS` alone
         // races (two creators can both miss the catalog row and one fails
         // on its unique index). The lock is released at commit or rollback.
@@ -228,7 +247,6 @@ impl Tables {
                 .await?;
             }
         }
-        tx.commit().await?;
         Ok(())
     }
 }

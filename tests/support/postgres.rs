@@ -63,7 +63,10 @@ pub fn drop_schema(url: &str, schema: &str) {
                 leasehold::tokio_postgres::connect(&url, leasehold::tokio_postgres::NoTls).await?;
             tokio::spawn(connection);
             client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                // Never hang a test's teardown on a lock a leaked session holds.
+                .batch_execute(&format!(
+                    "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                ))
                 .await
         })
     })
