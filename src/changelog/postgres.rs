@@ -553,3 +553,51 @@ fn entry_info(row: &Row) -> EntryInfo {
         age: Duration::from_millis(to_u64(row.get(6))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Configuration errors are found before any connection is made, and
+    /// are permanent.
+    #[tokio::test]
+    async fn unusable_configuration_is_a_permanent_config_error() {
+        let cases = [
+            PostgresChangeLog::builder("postgres://h:notaport/db"),
+            PostgresChangeLog::builder("postgres://127.0.0.1:1/db").schema("x\"; DROP TABLE y; --"),
+            PostgresChangeLog::builder("postgres://127.0.0.1:1/db").schema("1starts_with_digit"),
+            PostgresChangeLog::builder("postgres://127.0.0.1:1/db").schema(""),
+            PostgresChangeLog::builder("postgres://127.0.0.1:1/db").schema("a".repeat(64)),
+            PostgresChangeLog::builder("postgres://127.0.0.1:1/db").pool_size(0),
+            PostgresChangeLog::builder("postgres://127.0.0.1:1/db").staleness(Duration::MAX),
+        ];
+        for builder in cases {
+            let error = builder.clone().open().await.unwrap_err();
+            assert!(
+                matches!(error, ChangeLogError::Config { .. }) && !error.is_transient(),
+                "{builder:?}: {error}"
+            );
+        }
+    }
+
+    /// An unreachable server is a transient storage error, not a config one.
+    #[tokio::test]
+    async fn unreachable_server_is_a_transient_storage_error() {
+        let error = PostgresChangeLog::builder("postgres://nobody@127.0.0.1:1/none")
+            .schema("plain_name_1")
+            .connect_timeout(Duration::from_secs(2))
+            .open()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ChangeLogError::Storage { .. }) && error.is_transient(),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_connection_string() {
+        let builder = PostgresChangeLog::builder("postgres://user:s3cret@db/x");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+    }
+}
