@@ -45,7 +45,9 @@ const SKEW_ENTRIES: usize = 20;
 
 const ROLE_ENV: &str = "LEASEHOLD_TEST_CHILD_ROLE";
 const DIR_ENV: &str = "LEASEHOLD_TEST_CLAIMS_DIR";
+#[cfg(feature = "postgres")]
 const PG_URL_ENV: &str = "LEASEHOLD_TEST_CLAIMS_PG_URL";
+#[cfg(feature = "postgres")]
 const PG_SCHEMA_ENV: &str = "LEASEHOLD_TEST_CLAIMS_PG_SCHEMA";
 
 // ---------------------------------------------------------------- backends --
@@ -146,6 +148,7 @@ impl PgSchema {
 #[cfg(feature = "postgres")]
 impl Drop for PgSchema {
     fn drop(&mut self) {
+        #[allow(irrefutable_let_patterns)] // refutable when `sqlite` is on too
         if let Backend::Postgres { url, schema } = &self.0 {
             pg_support::drop_schema(url, schema);
         }
