@@ -34,6 +34,15 @@
 //! tiered_store verify   --dir D
 //! ```
 //!
+//! Every subcommand also takes `--postgres URL [--pg-schema NAME]` (feature
+//! `postgres`): the changelog then lives in PostgreSQL (in schema `NAME`,
+//! default `tiered_store`) instead of `changelog.db`, as it would when the
+//! writers and recoverers run on several machines. The metadata table stays
+//! in SQLite next to the blob files: both tiers of this store are local
+//! files, and the changelog is the part that must be shared and judged on
+//! one clock. Each run over PostgreSQL should get its own schema (or an
+//! empty one), since `verify` counts every entry in it.
+//!
 //! [`ChangeGuard`]: leasehold::changelog::ChangeGuard
 //! [`RecoveryLoop`]: leasehold::recovery::RecoveryLoop
 
@@ -45,6 +54,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "postgres")]
+use leasehold::changelog::PostgresChangeLog;
 use leasehold::changelog::{
     BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup, CommitError,
     DecodeError, EntryId, EntryInfo, EntryState, Fence, FieldReader, FieldWriter, OwnerId,
@@ -129,11 +140,27 @@ impl Store {
         })
     }
 
-    async fn changelog(dir: &Path) -> Result<SqliteChangeLog, ChangeLogError> {
-        SqliteChangeLog::builder(dir.join("changelog.db"))
-            .staleness(STALENESS)
-            .open()
-            .await
+    /// The changelog `args` name: `changelog.db` in the store directory,
+    /// or PostgreSQL with `--postgres URL`.
+    async fn changelog(args: &Args) -> Result<StoreLog, BoxError> {
+        match args.get("postgres") {
+            None => Ok(StoreLog::Sqlite(
+                SqliteChangeLog::builder(args.dir()?.join("changelog.db"))
+                    .staleness(STALENESS)
+                    .open()
+                    .await?,
+            )),
+            #[cfg(feature = "postgres")]
+            Some(url) => Ok(StoreLog::Postgres(
+                PostgresChangeLog::builder(url)
+                    .schema(args.get("pg-schema").unwrap_or("tiered_store"))
+                    .staleness(STALENESS)
+                    .open()
+                    .await?,
+            )),
+            #[cfg(not(feature = "postgres"))]
+            Some(_) => Err("--postgres needs the example built with `--features postgres`".into()),
+        }
     }
 
     fn blob_path(&self, blob: &str) -> PathBuf {
@@ -242,13 +269,77 @@ impl Cleanup<Intent> for TieredCleanup {
     }
 }
 
+// -------------------------------------------------------------- changelog --
+
+/// The store's changelog: SQLite (the default) or PostgreSQL.
+#[derive(Clone, Debug)]
+enum StoreLog {
+    Sqlite(SqliteChangeLog),
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresChangeLog),
+}
+
+impl StoreLog {
+    fn describe(&self) -> String {
+        match self {
+            StoreLog::Sqlite(log) => format!("SQLite ({})", log.path().display()),
+            #[cfg(feature = "postgres")]
+            StoreLog::Postgres(log) => {
+                format!("PostgreSQL (schema {})", log.schema().unwrap_or("public"))
+            }
+        }
+    }
+}
+
+/// Forwards a call to whichever log this is.
+macro_rules! forward {
+    ($self:ident, $log:ident => $call:expr) => {
+        match $self {
+            StoreLog::Sqlite($log) => $call,
+            #[cfg(feature = "postgres")]
+            StoreLog::Postgres($log) => $call,
+        }
+    };
+}
+
+impl ChangeLog for StoreLog {
+    fn staleness(&self) -> Duration {
+        forward!(self, log => log.staleness())
+    }
+    async fn record(&self, owner: &OwnerId, payload: Vec<u8>) -> Result<Fence, ChangeLogError> {
+        forward!(self, log => log.record(owner, payload).await)
+    }
+    async fn refresh(&self, fence: &Fence) -> Result<Ownership, ChangeLogError> {
+        forward!(self, log => log.refresh(fence).await)
+    }
+    async fn remove(&self, fence: &Fence) -> Result<Removal, ChangeLogError> {
+        forward!(self, log => log.remove(fence).await)
+    }
+    async fn claim_stale(
+        &self,
+        owner: &OwnerId,
+        max: usize,
+    ) -> Result<Vec<ClaimedEntry>, ChangeLogError> {
+        forward!(self, log => log.claim_stale(owner, max).await)
+    }
+    async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
+        forward!(self, log => log.quarantine(fence, reason).await)
+    }
+    async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
+        forward!(self, log => log.get(id).await)
+    }
+    async fn list(&self) -> Result<Vec<EntryInfo>, ChangeLogError> {
+        forward!(self, log => log.list().await)
+    }
+}
+
 // ----------------------------------------------------------------- writer --
 
-/// The writer's changelog: SQLite, with a switch that makes heartbeats hang
-/// (an injected stall: a slow RPC, a GC pause).
+/// The writer's changelog, with a switch that makes heartbeats hang (an
+/// injected stall: a slow RPC, a GC pause).
 #[derive(Clone, Debug)]
 struct StallableLog {
-    inner: SqliteChangeLog,
+    inner: StoreLog,
     stalled: Arc<AtomicBool>,
 }
 
@@ -293,7 +384,7 @@ async fn run_writer(args: &Args) -> Result<(), BoxError> {
     let stall_every: u64 = args.num("stall-every", 0);
     let store = Store::open(&dir)?;
     let log = StallableLog {
-        inner: Store::changelog(&dir).await?,
+        inner: Store::changelog(args).await?,
         stalled: Arc::new(AtomicBool::new(false)),
     };
     let heartbeat = HeartbeatConfig::builder(HEARTBEAT_INTERVAL)
@@ -347,7 +438,7 @@ async fn run_recovery(args: &Args) -> Result<(), BoxError> {
     let until_empty = args.flag("until-empty");
     let timeout = Duration::from_secs(args.num("timeout-s", 120));
     let store = Store::open(&dir)?;
-    let log = Arc::new(Store::changelog(&dir).await?);
+    let log = Arc::new(Store::changelog(args).await?);
     let cleanup = TieredCleanup {
         store,
         counter: Some("recovery_cleanups"),
@@ -403,9 +494,10 @@ struct Report {
     counters: HashMap<String, u64>,
 }
 
-async fn verify(dir: &Path) -> Result<Report, BoxError> {
+async fn verify(args: &Args) -> Result<Report, BoxError> {
+    let dir = &args.dir()?;
     let store = Store::open(dir)?;
-    let log = Store::changelog(dir).await?;
+    let log = Store::changelog(args).await?;
     let rows: Vec<(String, String, u64)> = store
         .meta(|c| {
             c.prepare("SELECT name, blob, version FROM objects")?
@@ -481,7 +573,7 @@ impl Report {
 }
 
 async fn run_verify(args: &Args) -> Result<bool, BoxError> {
-    let report = verify(&args.dir()?).await?;
+    let report = verify(args).await?;
     println!("{}", report.machine_line());
     for orphan in report.orphans.iter().take(10) {
         println!("  orphaned blob: {orphan}");
@@ -514,20 +606,25 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
             temp.path().to_owned()
         }
     };
+    let mut args = args.clone();
+    args.values
+        .insert("dir".to_owned(), dir.to_string_lossy().into_owned());
+    let args = &args;
     let writers: usize = args.num("writers", 3);
     let kills_wanted: u64 = args.num("kills", 20);
     let stall_every = args.num::<u64>("stall-every", 25).to_string();
+    let store = Store::open(&dir)?;
+    let log = Arc::new(Store::changelog(args).await?);
     println!(
-        "tiered_store: a metadata table in SQLite + blobs as files, in {}",
-        dir.display()
+        "tiered_store: a metadata table in SQLite + blobs as files, in {}; changelog in {}",
+        dir.display(),
+        log.describe()
     );
     println!(
         "  {writers} writer processes, SIGKILLed at random until {kills_wanted} kills; \
          1 in {stall_every} writes stalls its heartbeat past the deadline"
     );
     println!("  staleness {STALENESS:?}, heartbeat every {HEARTBEAT_INTERVAL:?} (ttl 3x)\n");
-    let store = Store::open(&dir)?;
-    let log = Arc::new(Store::changelog(&dir).await?);
     let recovery = RecoveryLoop::spawn::<_, Intent, _>(
         Arc::clone(&log),
         OwnerId::unique("recovery"),
@@ -539,7 +636,8 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
             .idle_wait(Duration::from_millis(100))
             .build()?,
     )?;
-    let writer_args = vec!["--stall-every".to_owned(), stall_every];
+    let mut writer_args = vec!["--stall-every".to_owned(), stall_every];
+    writer_args.extend(args.changelog_args());
     let mut children: Vec<Child> = (0..writers)
         .map(|_| spawn_role(&dir, "writer", &writer_args))
         .collect::<Result<_, _>>()?;
@@ -590,7 +688,7 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stats = recovery.shutdown().await;
-    let report = verify(&dir).await?;
+    let report = verify(args).await?;
     println!(
         "\n=== tiered_store report ({:.1} s) ===",
         started.elapsed().as_secs_f64()
@@ -618,6 +716,7 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
 // ------------------------------------------------------------------- main --
 
 /// `--key value` and `--flag` arguments after the subcommand.
+#[derive(Clone)]
 struct Args {
     values: HashMap<String, String>,
     flags: HashSet<String>,
@@ -655,6 +754,15 @@ impl Args {
         self.get(key)
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
+    }
+
+    /// The arguments that choose the changelog, for child processes.
+    fn changelog_args(&self) -> Vec<String> {
+        ["postgres", "pg-schema"]
+            .into_iter()
+            .filter_map(|key| Some([format!("--{key}"), self.get(key)?.to_owned()]))
+            .flatten()
+            .collect()
     }
 
     fn dir(&self) -> Result<PathBuf, BoxError> {

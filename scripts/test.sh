@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite of leasehold:
-#   1. unit, integration and doc tests (cargo test, whole workspace);
+#   1. unit, integration and doc tests (cargo test, whole workspace, every
+#      feature), against a throwaway PostgreSQL server started by
+#      scripts/with-postgres.sh (which installs PostgreSQL from the Debian
+#      packages if it is missing); LEASEHOLD_REQUIRE_PG=1 makes every
+#      PostgreSQL test fail, rather than skip, if the server is not there;
 #   2. the loom models in loom-tests/ (every interleaving of each primitive);
 #   3. Miri on the tests that reach the crate's unsafe code.
 # Usage: bash scripts/test.sh        (LOOM_MAX_PREEMPTIONS=3 for a deeper search)
@@ -9,8 +13,8 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
-step "cargo test: unit, integration and doc tests"
-cargo test --workspace --all-features
+step "cargo test: unit, integration and doc tests (PostgreSQL tests against a throwaway server)"
+bash scripts/with-postgres.sh env LEASEHOLD_REQUIRE_PG=1 cargo test --workspace --all-features
 
 step "loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-2}, release)"
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}" \

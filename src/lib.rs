@@ -15,7 +15,7 @@
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
 //! | [`lease::Lease`] | a reader's since frontier and seqno holds on a shard: the handle only records downgrades and seqno leases (waking nobody); a background task heartbeats, syncs on request, and expires the lease after a drop |
-//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`] | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, staleness judged on the store's clock |
+//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`], `changelog::PostgresChangeLog` (feature `postgres`, several machines) | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, staleness judged on the store's clock |
 //! | [`changelog::ChangeManager`], [`changelog::ChangeGuard`] | one writer operation across stores: record, heartbeat, commit only while the entry is still yours, clean up while valid, else leave it to recovery |
 //! | [`recovery::RecoveryLoop`] | continuous crash recovery: claim stale entries in batches, keep each alive until processed, run the idempotent cleanup, quarantine poison entries; backoff, shutdown |
 //! | [`recovery::RecoveryScan`] | a long recovery scan over an ordered key space: concurrent syncs with jittered retries, a checkpoint that never passes unfinished work, resumed only when the scope is unchanged |
@@ -168,6 +168,8 @@ pub mod changelog;
 pub mod clock;
 pub mod heartbeat;
 pub mod lease;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod recovery;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -176,6 +178,12 @@ mod sync;
 pub mod watch_cell;
 
 pub use watch_cell::WatchCell;
+
+/// The PostgreSQL driver the `postgres` backends are built on, re-exported
+/// so that a `tokio_postgres::Config` or TLS connector given to them comes
+/// from the same version.
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
 
 /// Hooks for the loom models in `loom-tests/`; not part of the API.
 #[cfg(loom)]

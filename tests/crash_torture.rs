@@ -3,9 +3,17 @@
 //! points. Once recovery has converged, the store must be consistent: no
 //! orphaned blob, no metadata pointing to a missing blob, an empty changelog.
 //!
+//! Runs with the changelog in SQLite (`changelog.db` in the store directory)
+//! and, when `LEASEHOLD_PG_URL` names a server, in PostgreSQL (the example's
+//! `--postgres URL --pg-schema S`, a fresh schema per run).
+//!
 //! `cargo test` builds the example next to this test's binary
 //! (`target/<profile>/examples/tiered_store`).
 #![cfg(all(feature = "sqlite", unix))]
+
+#[cfg(feature = "postgres")]
+#[path = "support/postgres.rs"]
+mod pg_support;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use leasehold::changelog::{ChangeLog, SqliteChangeLog};
 use rand::Rng;
 
 const KILLS: u32 = 60;
@@ -48,6 +55,8 @@ struct Fleet {
     spawned: u32,
     children: Vec<(usize, Child)>,
     roles: Vec<Role>,
+    /// Arguments choosing the changelog, given to every process.
+    changelog: Vec<String>,
 }
 
 impl Fleet {
@@ -63,6 +72,7 @@ impl Fleet {
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.roles[role].args)
+            .args(&self.changelog)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -83,11 +93,12 @@ impl Fleet {
     }
 }
 
-fn run(binary: &Path, args: &[&str], dir: &Path) -> Output {
+fn run(binary: &Path, args: &[&str], dir: &Path, changelog: &[String]) -> Output {
     Command::new(binary)
         .args(args)
         .arg("--dir")
         .arg(dir)
+        .args(changelog)
         .output()
         .unwrap()
 }
@@ -106,8 +117,33 @@ fn parse_verify(stdout: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_writers_and_recoverers_leave_no_orphan_and_no_dangling_reference() {
+#[test]
+fn sigkilled_writers_and_recoverers_leave_no_orphan_and_no_dangling_reference() {
+    torture("sqlite", Vec::new());
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn sigkilled_writers_and_recoverers_leave_no_orphan_and_no_dangling_reference_on_postgres() {
+    let Some(url) = pg_support::url("crash torture (postgres)") else {
+        return;
+    };
+    let schema = pg_support::fresh_schema("lh_torture");
+    torture(
+        "postgres",
+        vec![
+            "--postgres".into(),
+            url.clone(),
+            "--pg-schema".into(),
+            schema.clone(),
+        ],
+    );
+    pg_support::drop_schema(&url, &schema);
+}
+
+/// The torture run with the changelog chosen by `changelog` (the example's
+/// arguments; empty for SQLite).
+fn torture(backend: &str, changelog: Vec<String>) {
     let binary = example_binary();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("store");
@@ -136,9 +172,10 @@ async fn sigkilled_writers_and_recoverers_leave_no_orphan_and_no_dangling_refere
                 args: vec!["--timeout-s".into(), "600".into()],
             },
         ],
+        changelog: changelog.clone(),
     };
     // Create the store before the fleet races to.
-    let first = run(&binary, &["verify"], &dir);
+    let first = run(&binary, &["verify"], &dir, &changelog);
     assert!(first.status.success(), "{first:?}");
     for _ in 0..WRITERS {
         let child = fleet.spawn(0);
@@ -182,30 +219,27 @@ async fn sigkilled_writers_and_recoverers_leave_no_orphan_and_no_dangling_refere
     let workload = started.elapsed();
 
     // The crashes really left work behind for recovery.
-    let log = SqliteChangeLog::builder(dir.join("changelog.db"))
-        .open()
-        .await
-        .unwrap();
-    let left_behind = log.list().await.unwrap().len();
     let before = parse_verify(&String::from_utf8_lossy(
-        &run(&binary, &["verify"], &dir).stdout,
+        &run(&binary, &["verify"], &dir, &changelog).stdout,
     ));
+    let left_behind = before["changelog"];
 
     let recovered = run(
         &binary,
         &["recovery", "--until-empty", "--timeout-s", "120"],
         &dir,
+        &changelog,
     );
     assert!(
         recovered.status.success(),
         "final recovery failed: {}",
         String::from_utf8_lossy(&recovered.stderr)
     );
-    let verified = run(&binary, &["verify"], &dir);
+    let verified = run(&binary, &["verify"], &dir, &changelog);
     let stdout = String::from_utf8_lossy(&verified.stdout);
     let report = parse_verify(&stdout);
     println!(
-        "crash torture: {} SIGKILLs ({} writers, {} recovery) + {} at the end; {} committed writes \
+        "crash torture ({backend} changelog): {} SIGKILLs ({} writers, {} recovery) + {} at the end; {} committed writes \
          over {} objects; {} stalls, {} commits refused; {} entries left by the crashes \
          (orphans before final recovery: {}); {} recovery cleanups in total; after recovery: \
          orphans={} dangling={} changelog={} quarantined={}; workload {:.1?}, total {:.1?}",

@@ -2,7 +2,12 @@
 //! settled cursor, the retry queue's use by the scan, progress stores, and
 //! `RecoveryScan` across stops, drops and crashes.
 //!
-//! Time is tokio's paused time or a `ManualClock`; nothing sleeps for real.
+//! Time is tokio's paused time or a `ManualClock`; nothing sleeps for real
+//! (except the PostgreSQL scan, whose driver needs the real timer).
+
+#[cfg(feature = "postgres")]
+#[path = "support/postgres.rs"]
+mod pg_support;
 
 use std::collections::{BTreeSet, HashSet};
 use std::convert::Infallible;
@@ -1291,5 +1296,224 @@ mod sqlite {
             "only the window is repeated, got {rescanned}"
         );
         assert_eq!(open().unwrap().load().await.unwrap(), None);
+    }
+}
+
+// ------------------------------------------------------------ PostgreSQL store
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use leasehold::recovery::{PostgresProgressStore, ProgressStoreError};
+
+    /// The server and a private schema, dropped at the end; `None` (after a
+    /// loud notice) without a server.
+    struct Db {
+        url: String,
+        schema: String,
+    }
+
+    impl Db {
+        fn new(test: &str) -> Option<Self> {
+            Some(Db {
+                url: crate::pg_support::url(test)?,
+                schema: crate::pg_support::fresh_schema("lh_progress"),
+            })
+        }
+
+        async fn open(&self, scan: &str) -> Result<PostgresProgressStore, ProgressStoreError> {
+            PostgresProgressStore::builder(&self.url, scan)
+                .schema(&self.schema)
+                .pool_size(2)
+                .open()
+                .await
+        }
+
+        async fn sql(&self, sql: &str) {
+            let (client, connection) =
+                leasehold::tokio_postgres::connect(&self.url, leasehold::tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("SET search_path = \"{}\"; {sql}", self.schema))
+                .await
+                .unwrap();
+        }
+    }
+
+    impl Drop for Db {
+        fn drop(&mut self) {
+            crate::pg_support::drop_schema(&self.url, &self.schema);
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_store_round_trips_every_resume_point_and_survives_reopen() {
+        let Some(db) = Db::new("postgres_store_round_trips") else {
+            return;
+        };
+        let store = db.open("scan-a").await.unwrap();
+        assert_eq!(store.load().await.unwrap(), None);
+        for resume in [
+            ResumePoint::Start,
+            ResumePoint::From(vec![1, 2]),
+            ResumePoint::After(vec![]),
+        ] {
+            let checkpoint = Checkpoint {
+                scope: scope("shards 1,2"),
+                resume,
+            };
+            store.save(checkpoint.clone()).await.unwrap();
+            let reopened = db.open("scan-a").await.unwrap();
+            assert_eq!(reopened.load().await.unwrap(), Some(checkpoint));
+        }
+        store.clear().await.unwrap();
+        store.clear().await.unwrap(); // idempotent
+        assert_eq!(db.open("scan-a").await.unwrap().load().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn postgres_store_keeps_the_checkpoints_of_different_scans_apart() {
+        let Some(db) = Db::new("postgres_store_keeps_scans_apart") else {
+            return;
+        };
+        let a = db.open("a").await.unwrap();
+        let b = db.open("b").await.unwrap();
+        let checkpoint = Checkpoint {
+            scope: scope("s"),
+            resume: ResumePoint::After(vec![9]),
+        };
+        a.save(checkpoint.clone()).await.unwrap();
+        assert_eq!(b.load().await.unwrap(), None);
+        b.clear().await.unwrap();
+        assert_eq!(a.load().await.unwrap(), Some(checkpoint));
+    }
+
+    #[tokio::test]
+    async fn postgres_store_reports_an_unreadable_row_as_corrupt_not_as_absent() {
+        let Some(db) = Db::new("postgres_store_reports_corrupt") else {
+            return;
+        };
+        let store = db.open("a").await.unwrap();
+        db.sql(
+            "INSERT INTO leasehold_scan_progress (scan, scope, position, key) \
+             VALUES ('a', '\\x00', 7, NULL)",
+        )
+        .await;
+        let error = store.load().await.unwrap_err();
+        assert!(
+            matches!(error, ProgressStoreError::Corrupt { .. }),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn postgres_store_refuses_a_newer_schema() {
+        let Some(db) = Db::new("postgres_store_refuses_a_newer_schema") else {
+            return;
+        };
+        drop(db.open("a").await.unwrap());
+        db.sql("UPDATE leasehold_schema SET version = 99 WHERE component = 'scan_progress'")
+            .await;
+        let error = db.open("a").await.unwrap_err();
+        assert!(
+            matches!(error, ProgressStoreError::Corrupt { .. }) && error.to_string().contains("99"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn postgres_store_reports_an_unreachable_server_as_a_backend_error() {
+        let Some(_db) = Db::new("postgres_store_unreachable_server") else {
+            return;
+        };
+        // Port 1 on loopback: nothing listens there.
+        let error = PostgresProgressStore::builder("postgres://nobody@127.0.0.1:1/none", "a")
+            .connect_timeout(Duration::from_secs(2))
+            .open()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ProgressStoreError::Backend { .. }),
+            "{error}"
+        );
+    }
+
+    /// Many processes may open a fresh database at once: the schema is
+    /// created exactly once, under the advisory lock, and nobody fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_of_a_fresh_database_all_succeed() {
+        let Some(db) = Db::new("postgres_concurrent_opens") else {
+            return;
+        };
+        let db = Arc::new(db);
+        let opens: Vec<_> = (0..8)
+            .map(|i| {
+                let db = Arc::clone(&db);
+                tokio::spawn(async move { db.open(&format!("scan-{i}")).await.map(|_| ()) })
+            })
+            .collect();
+        for open in opens {
+            open.await.unwrap().unwrap();
+        }
+    }
+
+    /// A scan stopped in one "process" resumes in the next from the
+    /// checkpoint on the server, and clears it when done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scan_resumes_from_the_postgres_checkpoint_after_a_restart() {
+        let Some(db) = Db::new("scan_resumes_from_the_postgres_checkpoint") else {
+            return;
+        };
+        let ran: Arc<Vec<AtomicU32>> = Arc::new((0..2_000).map(|_| AtomicU32::new(0)).collect());
+        let sync = {
+            let ran = Arc::clone(&ran);
+            move |key: u64, _cancel| {
+                ran[key as usize].fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1 + key % 3)).await;
+                    SyncOutcome::Success
+                }
+            }
+        };
+        let first = RecoveryScan::new(
+            keys(0..2_000),
+            db.open("recovery").await.unwrap(),
+            Arc::new(SyncRegistry::new()),
+            config(16, 50, 64),
+        )
+        .unwrap();
+        let control = first.control();
+        let task = tokio::spawn(first.run(scope("s"), sync.clone(), no_recheck));
+        while control.progress().settled < 700 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        task.abort(); // the drop saves the resume point
+        let FinalCheckpoint::Saved(saved) = control.stopped().await else {
+            panic!("not saved")
+        };
+
+        let second = RecoveryScan::new(
+            keys(0..2_000),
+            db.open("recovery").await.unwrap(),
+            Arc::new(SyncRegistry::new()),
+            config(16, 50, 64),
+        )
+        .unwrap();
+        let report = second.run(scope("s"), sync, no_recheck).await.unwrap();
+        assert!(report.completed);
+        assert_eq!(report.progress.started_from, saved);
+        assert_ne!(saved, ResumePoint::Start, "the first run got somewhere");
+        let rescanned = ran.iter().filter(|r| r.load(Ordering::SeqCst) > 1).count();
+        assert!(ran.iter().all(|r| r.load(Ordering::SeqCst) >= 1));
+        assert!(
+            rescanned <= 64,
+            "only the window is repeated, got {rescanned}"
+        );
+        assert_eq!(
+            db.open("recovery").await.unwrap().load().await.unwrap(),
+            None
+        );
     }
 }

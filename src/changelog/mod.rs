@@ -30,7 +30,8 @@
 //! An entry is stale when its last refresh is at least the log's
 //! [`staleness`](ChangeLog::staleness) threshold old, measured on the
 //! *store's* clock ([`MemoryChangeLog`]: its injected [`Clock`]; SQLite: the
-//! clock of the machine holding the file, read inside each statement). Writers
+//! clock of the machine holding the file, read inside each statement;
+//! PostgreSQL: the server's `now()`, read inside each statement). Writers
 //! never compare their own clocks with each other's.
 //!
 //! # Backends
@@ -39,6 +40,7 @@
 //! |---|---|---|
 //! | [`MemoryChangeLog`] | none (tests, simulations) | clones of one value, in one process |
 //! | `SqliteChangeLog` (feature `sqlite`, default) | WAL, fsync on commit | several processes on one machine |
+//! | `PostgresChangeLog` (feature `postgres`) | the server's commit (`synchronous_commit`) | any number of processes on any number of machines |
 //!
 //! On top of the log, [`ChangeManager`] / [`ChangeGuard`] run a writer's
 //! operation (heartbeat, validity-gated commit, cleanup), and
@@ -83,6 +85,8 @@ mod codec;
 mod error;
 mod manager;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -98,6 +102,8 @@ pub use error::{
 };
 pub use manager::{ChangeGuard, ChangeManager};
 pub use memory::MemoryChangeLog;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresChangeLog, PostgresChangeLogBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteChangeLog, SqliteChangeLogBuilder};
 

@@ -1,7 +1,7 @@
 //! One fixture per backend: a fresh store, handles on it, and store time.
 
 use std::sync::Arc;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,6 +25,13 @@ pub trait Fixture: Sized + Send + Sync + 'static {
 
     /// Moves the store's clock forward by `by`, as every handle sees it.
     fn advance(&self, by: Duration);
+
+    /// Whether the backend can run here (a server-backed fixture without a
+    /// server says so loudly and returns `false`, or panics where the
+    /// server is required).
+    fn available(_test: &str) -> bool {
+        true
+    }
 }
 
 /// `MemoryChangeLog` on a `ManualClock`; handles are clones.
@@ -94,5 +101,65 @@ impl Fixture for SqliteFixture {
         for handle in self.handles.lock().unwrap().iter() {
             handle.shift_clock(by);
         }
+    }
+}
+
+#[cfg(feature = "postgres")]
+/// `PostgresChangeLog` in a fresh schema of the `LEASEHOLD_PG_URL` database
+/// (dropped at the end); each handle is a separate pool, and store time is
+/// moved by each handle's clock offset, as for SQLite.
+pub struct PostgresFixture {
+    url: String,
+    schema: String,
+    staleness: Duration,
+    offset: Mutex<Duration>,
+    handles: Mutex<Vec<leasehold::changelog::PostgresChangeLog>>,
+}
+
+#[cfg(feature = "postgres")]
+impl Fixture for PostgresFixture {
+    type Log = leasehold::changelog::PostgresChangeLog;
+
+    async fn new(staleness: Duration) -> Self {
+        PostgresFixture {
+            url: crate::pg_support::url("conformance").expect("checked by `available`"),
+            schema: crate::pg_support::fresh_schema("lh_conformance"),
+            staleness,
+            offset: Mutex::new(Duration::ZERO),
+            handles: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn handle(&self) -> Self::Log {
+        let offset = *self.offset.lock().unwrap();
+        let log = leasehold::changelog::PostgresChangeLog::builder(&self.url)
+            .schema(&self.schema)
+            .staleness(self.staleness)
+            .clock_offset(offset)
+            .pool_size(2)
+            .open()
+            .await
+            .expect("open postgres changelog");
+        self.handles.lock().unwrap().push(log.clone());
+        log
+    }
+
+    fn advance(&self, by: Duration) {
+        let mut offset = self.offset.lock().unwrap();
+        *offset += by;
+        for handle in self.handles.lock().unwrap().iter() {
+            handle.shift_clock(by);
+        }
+    }
+
+    fn available(test: &str) -> bool {
+        crate::pg_support::url(&format!("changelog conformance (postgres) {test}")).is_some()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for PostgresFixture {
+    fn drop(&mut self) {
+        crate::pg_support::drop_schema(&self.url, &self.schema);
     }
 }

@@ -6,6 +6,9 @@
 //! without sleeping. A backend joins the suite with one `conformance!` line.
 
 mod fixtures;
+#[cfg(feature = "postgres")]
+#[path = "../support/postgres.rs"]
+mod pg_support;
 mod suite;
 
 pub use fixtures::Fixture;
@@ -38,6 +41,9 @@ macro_rules! conformance {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
+                if !<$fixture as crate::Fixture>::available(stringify!($name)) {
+                    return; // skipped, loudly, by the fixture
+                }
                 crate::suite::$name::<$fixture>().await;
             }
         )*
@@ -47,3 +53,5 @@ macro_rules! conformance {
 conformance!(memory: crate::fixtures::MemoryFixture);
 #[cfg(feature = "sqlite")]
 conformance!(sqlite: crate::fixtures::SqliteFixture);
+#[cfg(feature = "postgres")]
+conformance!(postgres: crate::fixtures::PostgresFixture);

@@ -5,6 +5,8 @@
 mod cursor;
 mod driver;
 mod error;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod progress;
 mod retry;
 #[cfg(feature = "sqlite")]
@@ -18,6 +20,8 @@ pub use driver::{
 pub use error::{
     BoxError, CursorError, KeyDecodeError, ProgressStoreError, ScanConfigError, ScanError,
 };
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresProgressStore, PostgresProgressStoreBuilder};
 pub use progress::{Checkpoint, MemoryProgressStore, ProgressStore, ScanKey, ScopeFingerprint};
 pub use retry::{Retry, RetryPolicy, RetryQueue};
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,321 @@
+//! What the PostgreSQL backends share: how to connect (a `deadpool-postgres`
+//! pool over `tokio-postgres`), where their tables live (an optional schema),
+//! how their schema versions are created and checked under an advisory lock,
+//! and how driver errors are classified.
+//!
+//! Crate-private; the public faces are `changelog::PostgresChangeLog` and
+//! `recovery::PostgresProgressStore`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{NoTls, Socket};
+
+use crate::heartbeat::BoxError;
+
+/// Builds the pool's connection manager for a configuration: the TLS
+/// connector is captured here, so the builders need not be generic over it.
+type MakeManager = Arc<dyn Fn(tokio_postgres::Config) -> Manager + Send + Sync>;
+
+/// Where and how to connect; embedded in each backend's builder.
+#[derive(Clone)]
+pub(crate) struct Connect {
+    target: Target,
+    make_manager: MakeManager,
+    pub(crate) pool_size: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) schema: Option<String>,
+}
+
+#[derive(Clone)]
+enum Target {
+    Url(String),
+    Config(Box<tokio_postgres::Config>),
+}
+
+impl Connect {
+    pub(crate) fn url(url: String) -> Self {
+        Self::new(Target::Url(url))
+    }
+
+    pub(crate) fn config(config: tokio_postgres::Config) -> Self {
+        Self::new(Target::Config(Box::new(config)))
+    }
+
+    fn new(target: Target) -> Self {
+        Connect {
+            target,
+            make_manager: manager_for(NoTls),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(10),
+            schema: None,
+        }
+    }
+
+    pub(crate) fn tls<T>(&mut self, tls: T)
+    where
+        T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+        T::Stream: Sync + Send,
+        T::TlsConnect: Sync + Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        self.make_manager = manager_for(tls);
+    }
+
+    /// The pool (connections are opened lazily, on first use) and the
+    /// validated schema.
+    pub(crate) fn pool(&self) -> Result<(Pool, Tables), PgFailure> {
+        let mut config = match &self.target {
+            Target::Url(url) => url.parse::<tokio_postgres::Config>().map_err(|error| {
+                PgFailure::Config(format!("unusable PostgreSQL connection string: {error}"))
+            })?,
+            Target::Config(config) => (**config).clone(),
+        };
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(self.connect_timeout);
+        }
+        if self.pool_size == 0 {
+            return Err(PgFailure::Config("the pool size must be at least 1".into()));
+        }
+        let tables = Tables::new(self.schema.as_deref())?;
+        let pool = Pool::builder((self.make_manager)(config))
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(self.connect_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .build()
+            .map_err(|error| PgFailure::Config(format!("cannot build the pool: {error}")))?;
+        Ok((pool, tables))
+    }
+}
+
+impl fmt::Debug for Connect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the URL: it may carry a password.
+        f.debug_struct("Connect")
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+fn manager_for<T>(tls: T) -> MakeManager
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    Arc::new(move |config| {
+        Manager::from_config(
+            config,
+            tls.clone(),
+            ManagerConfig {
+                // `is_closed` only: a dead connection is dropped on return,
+                // and the next call opens a fresh one.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        )
+    })
+}
+
+/// The schema the tables live in: `None` for the connection's
+/// `search_path` (normally `public`).
+#[derive(Debug, Clone)]
+pub(crate) struct Tables {
+    schema: Option<String>,
+}
+
+impl Tables {
+    fn new(schema: Option<&str>) -> Result<Self, PgFailure> {
+        if let Some(schema) = schema {
+            // Identifiers cannot be bound as parameters; only plain ones are
+            // accepted, so quoting them is enough to make them inert.
+            let plain = !schema.is_empty()
+                && schema.len() <= 63
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !schema.starts_with(|c: char| c.is_ascii_digit());
+            if !plain {
+                return Err(PgFailure::Config(format!(
+                    "schema name {schema:?} must be 1 to 63 ASCII letters, digits or `_`, \
+                     not starting with a digit"
+                )));
+            }
+        }
+        Ok(Tables {
+            schema: schema.map(str::to_owned),
+        })
+    }
+
+    /// `name`, qualified with the schema if there is one.
+    pub(crate) fn table(&self, name: &str) -> String {
+        match &self.schema {
+            Some(schema) => format!("\"{schema}\".{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    pub(crate) fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// Creates (once) the tables of `component` at `version` with `ddl`, in
+    /// one transaction serialized by an advisory lock on the schema, so that
+    /// any number of processes may open the same store at once.
+    ///
+    /// Returns [`PgFailure::SchemaTooNew`] if the store was written by a
+    /// newer version of the crate.
+    pub(crate) async fn ensure(
+        &self,
+        pool: &Pool,
+        component: &str,
+        version: i64,
+        ddl: &str,
+    ) -> Result<(), PgFailure> {
+        let mut client = pool.get().await.map_err(PgFailure::from_pool)?;
+        let tx = client.transaction().await.map_err(PgFailure::from)?;
+        match self.create_or_check(&tx, component, version, ddl).await {
+            Ok(()) => Ok(tx.commit().await?),
+            Err(failure) => {
+                // Roll back now, not when the dropped transaction's ROLLBACK
+                // gets sent: the lock on `leasehold_schema` must not outlive
+                // this call (a DROP SCHEMA would wait on it).
+                let _ = tx.rollback().await;
+                Err(failure)
+            }
+        }
+    }
+
+    async fn create_or_check(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        component: &str,
+        version: i64,
+        ddl: &str,
+    ) -> Result<(), PgFailure> {
+        // Serialize concurrent creators: `CREATE ... IF NOT EXISTS` alone
+        // races (two creators can both miss the catalog row and one fails
+        // on its unique index). The lock is released at commit or rollback.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('leasehold_schema'), \
+             hashtext(coalesce($1::text, current_schema(), '')))",
+            &[&self.schema],
+        )
+        .await?;
+        if let Some(schema) = &self.schema {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .await?;
+        }
+        let versions = self.table("leasehold_schema");
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {versions} (
+                 component TEXT PRIMARY KEY,
+                 version BIGINT NOT NULL
+             )"
+        ))
+        .await?;
+        let found: Option<i64> = tx
+            .query_opt(
+                &format!("SELECT version FROM {versions} WHERE component = $1"),
+                &[&component],
+            )
+            .await?
+            .map(|row| row.get(0));
+        match found {
+            Some(found) if found > version => {
+                return Err(PgFailure::SchemaTooNew {
+                    found,
+                    supported: version,
+                });
+            }
+            // Version 1 is the only one so far; a migration from an older
+            // version would run here, inside the same lock.
+            Some(_) => {}
+            None => {
+                tx.batch_execute(ddl).await?;
+                tx.execute(
+                    &format!("INSERT INTO {versions} (component, version) VALUES ($1, $2)"),
+                    &[&component, &version],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A PostgreSQL failure, classified; each backend maps it into its own
+/// error enum.
+#[derive(Debug)]
+pub(crate) enum PgFailure {
+    /// Lock or serialization conflicts: retrying later may succeed.
+    Busy(BoxError),
+    /// The server, the network or the pool failed: transient.
+    Storage(BoxError),
+    /// Unusable configuration (bad URL, authentication, unknown database,
+    /// missing privilege, bad schema name): permanent.
+    Config(String),
+    /// The store was written by a newer version of this crate.
+    SchemaTooNew { found: i64, supported: i64 },
+}
+
+impl From<tokio_postgres::Error> for PgFailure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        let Some(code) = error.code() else {
+            // No SQLSTATE: an I/O or protocol error, a closed connection.
+            return PgFailure::Storage(Box::new(error));
+        };
+        let class = &code.code()[..2];
+        if [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+        ]
+        .contains(code)
+        {
+            PgFailure::Busy(Box::new(error))
+        } else if class == "28" // invalid authorization
+            || *code == SqlState::INVALID_CATALOG_NAME // no such database
+            || *code == SqlState::INSUFFICIENT_PRIVILEGE
+        {
+            PgFailure::Config(error.to_string())
+        } else {
+            PgFailure::Storage(Box::new(error))
+        }
+    }
+}
+
+impl PgFailure {
+    pub(crate) fn from_pool(error: PoolError) -> Self {
+        match error {
+            PoolError::Backend(error) => PgFailure::from(error),
+            other => PgFailure::Storage(Box::new(other)),
+        }
+    }
+}
+
+impl fmt::Display for PgFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PgFailure::Busy(error) | PgFailure::Storage(error) => fmt::Display::fmt(error, f),
+            PgFailure::Config(reason) => f.write_str(reason),
+            PgFailure::SchemaTooNew { found, supported } => write!(
+                f,
+                "schema version {found} is newer than the supported version {supported}"
+            ),
+        }
+    }
+}
+
+/// Milliseconds as the `bigint` the SQL takes, or a configuration error.
+pub(crate) fn millis(duration: Duration, what: &str) -> Result<i64, PgFailure> {
+    i64::try_from(duration.as_millis())
+        .map_err(|_| PgFailure::Config(format!("{what} {duration:?} is out of range")))
+}
