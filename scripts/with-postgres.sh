@@ -38,9 +38,16 @@ if ! PG_BIN=$(find_pg_bin); then
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq
   # Do not let the package start its own cluster: we run a private one.
-  as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
-  as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-  as_root rm -f /usr/sbin/policy-rc.d
+  # (A policy-rc.d the machine already has is left as it is.)
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+    own_policy=yes
+  fi
+  install_status=0
+  as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null || install_status=$?
+  [ -n "$own_policy" ] && as_root rm -f /usr/sbin/policy-rc.d
+  [ "$install_status" -eq 0 ] || { log "apt-get install postgresql failed ($install_status)"; exit 1; }
   PG_BIN=$(find_pg_bin) || { log "PostgreSQL installation failed"; exit 1; }
 fi
 log "server binaries: $PG_BIN"
