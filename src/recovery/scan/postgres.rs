@@ -8,9 +8,10 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::Socket;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
-use super::cursor::ResumePoint;
 use super::error::ProgressStoreError;
-use super::progress::{Checkpoint, ProgressStore, ScopeFingerprint};
+use super::progress::{
+    Checkpoint, ProgressStore, ScopeFingerprint, resume_from_row, resume_to_row,
+};
 use crate::postgres::{Connect, PgFailure};
 
 const BACKEND: &str = "postgres";
@@ -228,28 +229,6 @@ impl fmt::Debug for PostgresProgressStore {
     }
 }
 
-fn encode(point: ResumePoint<Vec<u8>>) -> (i16, Option<Vec<u8>>) {
-    match point {
-        ResumePoint::Start => (0, None),
-        ResumePoint::From(key) => (1, Some(key)),
-        ResumePoint::After(key) => (2, Some(key)),
-    }
-}
-
-fn decode(position: i16, key: Option<Vec<u8>>) -> Result<ResumePoint<Vec<u8>>, ProgressStoreError> {
-    match (position, key) {
-        (0, None) => Ok(ResumePoint::Start),
-        (1, Some(key)) => Ok(ResumePoint::From(key)),
-        (2, Some(key)) => Ok(ResumePoint::After(key)),
-        (position, key) => Err(ProgressStoreError::Corrupt {
-            reason: format!(
-                "position {position} with {} key",
-                if key.is_some() { "a" } else { "no" }
-            ),
-        }),
-    }
-}
-
 impl ProgressStore for PostgresProgressStore {
     async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
         let client = self.client().await?;
@@ -261,7 +240,7 @@ impl ProgressStore for PostgresProgressStore {
         row.map(|row| {
             Ok(Checkpoint {
                 scope: ScopeFingerprint::new(row.get::<_, Vec<u8>>(0)),
-                resume: decode(row.get(1), row.get(2))?,
+                resume: resume_from_row(i64::from(row.get::<_, i16>(1)), row.get(2))?,
             })
         })
         .transpose()
@@ -270,7 +249,7 @@ impl ProgressStore for PostgresProgressStore {
     async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(&self.shared.save).await.map_err(pg)?;
-        let (position, key) = encode(checkpoint.resume);
+        let (position, key) = resume_to_row(checkpoint.resume);
         client
             .execute(
                 &statement,

@@ -157,6 +157,37 @@ pub struct Checkpoint {
     pub resume: ResumePoint<Vec<u8>>,
 }
 
+/// The row form of a resume point that the SQL stores share: a position
+/// code (0 = start, 1 = from `key` inclusive, 2 = after `key` exclusive) and
+/// the key, present for codes 1 and 2.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(super) fn resume_to_row(point: ResumePoint<Vec<u8>>) -> (i16, Option<Vec<u8>>) {
+    match point {
+        ResumePoint::Start => (0, None),
+        ResumePoint::From(key) => (1, Some(key)),
+        ResumePoint::After(key) => (2, Some(key)),
+    }
+}
+
+/// Reads back [`resume_to_row`]'s form; any other combination is a corrupt row.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(super) fn resume_from_row(
+    position: i64,
+    key: Option<Vec<u8>>,
+) -> Result<ResumePoint<Vec<u8>>, ProgressStoreError> {
+    match (position, key) {
+        (0, None) => Ok(ResumePoint::Start),
+        (1, Some(key)) => Ok(ResumePoint::From(key)),
+        (2, Some(key)) => Ok(ResumePoint::After(key)),
+        (position, key) => Err(ProgressStoreError::Corrupt {
+            reason: format!(
+                "position {position} with {} key",
+                if key.is_some() { "a" } else { "no" }
+            ),
+        }),
+    }
+}
+
 /// Durable storage for one scan's [`Checkpoint`].
 ///
 /// A store holds at most one checkpoint: give each scan its own store (the

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::cursor::ResumePoint;
 use super::error::ProgressStoreError;
-use super::progress::{Checkpoint, ProgressStore, ScopeFingerprint};
+use super::progress::{
+    Checkpoint, ProgressStore, ScopeFingerprint, resume_from_row, resume_to_row,
+};
 use crate::sqlite::{self, OpenError, Schema, Synchronous};
 use crate::sync::Mutex;
 
@@ -173,28 +174,6 @@ fn worker_gone(error: tokio::task::JoinError) -> ProgressStoreError {
     }
 }
 
-fn encode(point: ResumePoint<Vec<u8>>) -> (i64, Option<Vec<u8>>) {
-    match point {
-        ResumePoint::Start => (0, None),
-        ResumePoint::From(key) => (1, Some(key)),
-        ResumePoint::After(key) => (2, Some(key)),
-    }
-}
-
-fn decode(position: i64, key: Option<Vec<u8>>) -> Result<ResumePoint<Vec<u8>>, ProgressStoreError> {
-    match (position, key) {
-        (0, None) => Ok(ResumePoint::Start),
-        (1, Some(key)) => Ok(ResumePoint::From(key)),
-        (2, Some(key)) => Ok(ResumePoint::After(key)),
-        (position, key) => Err(ProgressStoreError::Corrupt {
-            reason: format!(
-                "position {position} with {} key",
-                if key.is_some() { "a" } else { "no" }
-            ),
-        }),
-    }
-}
-
 impl ProgressStore for SqliteProgressStore {
     async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
         self.run(|conn, scan| {
@@ -209,7 +188,7 @@ impl ProgressStore for SqliteProgressStore {
             row.map(|(scope, position, key)| {
                 Ok(Checkpoint {
                     scope: ScopeFingerprint::new(scope),
-                    resume: decode(position, key)?,
+                    resume: resume_from_row(position, key)?,
                 })
             })
             .transpose()
@@ -219,7 +198,7 @@ impl ProgressStore for SqliteProgressStore {
 
     async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
         self.run(move |conn, scan| {
-            let (position, key) = encode(checkpoint.resume);
+            let (position, key) = resume_to_row(checkpoint.resume);
             conn.execute(
                 "INSERT INTO leasehold_scan_progress (scan, scope, position, key)
                  VALUES (?1, ?2, ?3, ?4)
