@@ -13,7 +13,7 @@ use tokio_postgres::{Socket, Statement};
 
 use super::{
     ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence, OwnerId,
-    Ownership, Removal,
+    Ownership, Removal, to_i64, to_u64,
 };
 use crate::postgres::{Connect, PgFailure, millis};
 
@@ -384,16 +384,8 @@ impl fmt::Debug for PostgresChangeLog {
     }
 }
 
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
 fn to_u32(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(0)
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 fn held(changed: u64) -> Ownership {

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence, OwnerId,
-    Ownership, Removal,
+    Ownership, Removal, to_i64, to_u64,
 };
 use crate::sqlite::{self, OpenError, Schema, Synchronous};
 use crate::sync::Mutex;
@@ -283,16 +283,8 @@ impl fmt::Debug for SqliteChangeLog {
     }
 }
 
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
 fn to_u32(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 impl ChangeLog for SqliteChangeLog {
