@@ -162,7 +162,7 @@ fn async_ping_pong(c: &mut Criterion) {
                 let cell = cell.clone();
                 async move {
                     for i in 0..iters {
-                        cell.wait_for(|v| *v == 2 * i + 1).await.unwrap();
+                        cell.wait_for(move |v| *v == 2 * i + 1).await.unwrap();
                         cell.modify(|v| *v += 1);
                     }
                 }
@@ -171,7 +171,7 @@ fn async_ping_pong(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..iters {
                     cell.modify(|v| *v += 1);
-                    cell.wait_for(|v| *v == 2 * i + 2).await.unwrap();
+                    cell.wait_for(move |v| *v == 2 * i + 2).await.unwrap();
                 }
                 start.elapsed()
             });
@@ -214,7 +214,7 @@ fn async_ping_pong(c: &mut Criterion) {
                 let cell = cell.clone();
                 async move {
                     for i in 0..iters {
-                        cell.wait_for(|v| *v == 2 * i + 1).await;
+                        cell.wait_for(move |v| *v == 2 * i + 1).await;
                         cell.modify(|v| *v += 1).await;
                     }
                 }
@@ -223,7 +223,7 @@ fn async_ping_pong(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..iters {
                     cell.modify(|v| *v += 1).await;
-                    cell.wait_for(|v| *v == 2 * i + 2).await;
+                    cell.wait_for(move |v| *v == 2 * i + 2).await;
                 }
                 start.elapsed()
             });
@@ -286,7 +286,7 @@ fn fan_out(c: &mut Criterion) {
                         .map(|threshold| {
                             let (cell, done) = (cell.clone(), done.clone());
                             tokio::spawn(async move {
-                                cell.wait_for(|v| *v >= threshold).await.unwrap();
+                                cell.wait_for(move |v| *v >= threshold).await.unwrap();
                                 done.fetch_add(1, Ordering::Release);
                             })
                         })
@@ -368,7 +368,7 @@ fn fan_out(c: &mut Criterion) {
                                 (cell.clone(), ready.clone(), wakeups.clone(), done.clone());
                             tokio::spawn(async move {
                                 ready.fetch_add(1, Ordering::Release);
-                                let woken = cell.wait_for(|v| *v >= threshold).await;
+                                let woken = cell.wait_for(move |v| *v >= threshold).await;
                                 wakeups.fetch_add(woken, Ordering::Relaxed);
                                 done.fetch_add(1, Ordering::Release);
                             })

@@ -60,7 +60,7 @@ fn shuffled_async_waiters_each_run_in_index_order_and_wake_at_most_once() {
             .map(|index| {
                 let cell = cell.clone();
                 tokio::spawn(async move {
-                    cell.wait_for(|v| *v == index).await.unwrap();
+                    cell.wait_for(move |v| *v == index).await.unwrap();
                     // Nobody else may move the value while it equals our index.
                     cell.modify(|v| {
                         assert_eq!(*v, index);
@@ -116,7 +116,7 @@ fn fan_out_wakes_exactly_the_satisfied_waiters() {
     let tasks: Vec<_> = (1..=n)
         .map(|threshold| {
             let cell = cell.clone();
-            runtime.spawn(async move { cell.wait_for(|v| *v >= threshold).await })
+            runtime.spawn(async move { cell.wait_for(move |v| *v >= threshold).await })
         })
         .collect();
     await_registered(&cell, n);
@@ -158,13 +158,15 @@ fn waiter_is_not_woken_when_predicate_stays_false() {
 #[test]
 fn predicate_runs_at_most_once_per_modification() {
     let cell = WatchCell::new(0_u32);
-    let evaluations = AtomicUsize::new(0);
+    let evaluations = Arc::new(AtomicUsize::new(0));
     let (_counter, waker) = counting_waker();
     let mut cx = Context::from_waker(&waker);
-    // The predicate borrows `evaluations` from this stack frame: no 'static bound.
-    let mut wait = pin!(cell.wait_for(|v| {
-        evaluations.fetch_add(1, Ordering::SeqCst);
-        *v == 10
+    let mut wait = pin!(cell.wait_for({
+        let evaluations = evaluations.clone();
+        move |v| {
+            evaluations.fetch_add(1, Ordering::SeqCst);
+            *v == 10
+        }
     }));
     assert!(wait.as_mut().poll(&mut cx).is_pending());
     assert_eq!(evaluations.load(Ordering::SeqCst), 1);
@@ -334,7 +336,7 @@ async fn cancelled_waits_racing_modifications_lose_no_wake_up() {
     let rounds = scaled(2000, 20) as u64;
     let survivor = tokio::spawn({
         let cell = cell.clone();
-        async move { cell.wait_for(|v| *v == rounds).await }
+        async move { cell.wait_for(move |v| *v == rounds).await }
     });
     let canceller = tokio::spawn({
         let cell = cell.clone();
@@ -462,8 +464,11 @@ fn wait_futures_are_send_when_predicate_is_send() {
     fn assert_send<F: Future + Send>(_: &F) {}
     let cell = WatchCell::new(String::new());
     let needle = String::from("x");
-    let wait = cell.wait_for(|s| s.contains(needle.as_str()));
+    let wait = cell.wait_for({
+        let needle = needle.clone();
+        move |s| s.contains(needle.as_str())
+    });
     assert_send(&wait);
-    let map = cell.wait_for_map(|s| s.strip_prefix(needle.as_str()).map(str::to_owned));
+    let map = cell.wait_for_map(move |s| s.strip_prefix(needle.as_str()).map(str::to_owned));
     assert_send(&map);
 }

@@ -191,10 +191,13 @@ impl RecoveryLoop {
     /// # Cancel safety
     ///
     /// Cancel safe.
-    pub async fn wait_for_stats(&self, mut predicate: impl FnMut(&RecoveryStats) -> bool + Send) {
+    pub async fn wait_for_stats(
+        &self,
+        mut predicate: impl FnMut(&RecoveryStats) -> bool + Send + 'static,
+    ) {
         let _ = self
             .state
-            .wait_for(|state| predicate(&state.stats) || state.stopping)
+            .wait_for(move |state| predicate(&state.stats) || state.stopping)
             .await;
     }
 

@@ -219,7 +219,7 @@ impl<O> SyncReceiver<O> {
     /// ```
     pub async fn done(&self) -> O
     where
-        O: Clone + Send,
+        O: Clone + Send + 'static,
     {
         self.status
             .wait_for_map(|status| status.outcome().cloned())

@@ -519,7 +519,7 @@ impl<K, O> Cancellation<K, O> {
     /// far (the jobs are unaffected).
     pub async fn finished(self) -> Vec<(K, O)>
     where
-        O: Clone + Send,
+        O: Clone + Send + 'static,
     {
         let mut finished = Vec::with_capacity(self.jobs.len());
         for (key, status) in self.jobs {

@@ -378,9 +378,21 @@ impl<T> WatchCell<T> {
     ///
     /// The predicate is tested once now; after that, only by modifiers, once
     /// per notifying modification, on the new value and under the lock. The
-    /// task is woken only when it holds. It may borrow from the caller (no
-    /// `'static` bound) but must be `Send`, since a modifier on another thread
-    /// may run it.
+    /// task is woken only when it holds. It must be `Send`, since a modifier
+    /// on another thread may run it, and `'static`: it owns what it captures
+    /// (move an `Arc` or a copy in). A future can be leaked with
+    /// [`mem::forget`](std::mem::forget) while registered, and the cell keeps
+    /// calling a registered predicate, so one that borrowed a local could be
+    /// called after the local is gone. The blocking waits have no such bound:
+    /// their predicate lives in the waiting frame, which cannot be leaked.
+    ///
+    /// ```compile_fail
+    /// # async fn f(cell: leasehold::WatchCell<u64>) {
+    /// let target = 3;
+    /// // Rejected: the predicate borrows `target`.
+    /// cell.wait_for(|v| *v >= target).await.unwrap();
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -403,7 +415,7 @@ impl<T> WatchCell<T> {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let cell = leasehold::WatchCell::new(0_u64);
     /// let target = 3;
-    /// let waiter = cell.wait_for(|v| *v >= target);
+    /// let waiter = cell.wait_for(move |v| *v >= target);
     /// let writer = async { for _ in 0..5 { cell.modify(|v| *v += 1); tokio::task::yield_now().await } };
     /// let (result, ()) = tokio::join!(waiter, writer);
     /// result.unwrap();
@@ -411,7 +423,7 @@ impl<T> WatchCell<T> {
     /// ```
     pub fn wait_for<'a, F>(&'a self, predicate: F) -> impl Future<Output = Result<(), Closed>> + 'a
     where
-        F: FnMut(&T) -> bool + Send + 'a,
+        F: FnMut(&T) -> bool + Send + 'static,
     {
         Wait::new(&self.shared, Until(predicate))
     }
@@ -419,7 +431,16 @@ impl<T> WatchCell<T> {
     /// Waits until `f` returns `Some(x)` on the value, and returns `x`.
     ///
     /// `x` is extracted on the very state that satisfied the wait, by the
-    /// modifier that made it, so nothing can change in between.
+    /// modifier that made it, so nothing can change in between. `f` and `x`
+    /// are `'static` for the reason given at [`wait_for`](Self::wait_for).
+    ///
+    /// ```compile_fail
+    /// # async fn f(cell: leasehold::WatchCell<Vec<u64>>) {
+    /// let wanted = 7;
+    /// // Rejected: the closure borrows `wanted`.
+    /// cell.wait_for_map(|v| v.iter().find(|x| **x == wanted).copied()).await.unwrap();
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -448,8 +469,8 @@ impl<T> WatchCell<T> {
     /// ```
     pub fn wait_for_map<'a, U, F>(&'a self, f: F) -> impl Future<Output = Result<U, Closed>> + 'a
     where
-        F: FnMut(&T) -> Option<U> + Send + 'a,
-        U: Send + 'a,
+        F: FnMut(&T) -> Option<U> + Send + 'static,
+        U: Send + 'static,
     {
         Wait::new(&self.shared, Map::new(f))
     }

@@ -28,7 +28,13 @@ pub(super) struct Wait<'a, T, P> {
     phase: Phase,
 }
 
-impl<'a, T, P> Wait<'a, T, P> {
+impl<'a, T, P: 'static> Wait<'a, T, P> {
+    /// A wait on `shared`, registered at its first poll.
+    ///
+    /// `P: 'static` is what makes a leaked future harmless: pinning keeps
+    /// the node alive forever once it is leaked, but not anything the
+    /// predicate borrows, and a registered predicate is called by every
+    /// later modifier. An owned predicate stays valid as long as its node.
     pub(super) fn new(shared: &'a Shared<T>, predicate: P) -> Self {
         Self {
             shared,
@@ -40,7 +46,7 @@ impl<'a, T, P> Wait<'a, T, P> {
 
 impl<T, P> Future for Wait<'_, T, P>
 where
-    P: Predicate<T> + Send,
+    P: Predicate<T> + Send + 'static,
     P::Output: Send,
 {
     type Output = Result<P::Output, Closed>;
@@ -57,7 +63,10 @@ where
                     return Poll::Ready(result);
                 }
                 // SAFETY: we hold the lock; the node is pinned inside this
-                // future, whose `Drop` unregisters it.
+                // future, whose `Drop` unregisters it. If the future is leaked
+                // instead, pinning keeps the node's memory alive for good, and
+                // the predicate is `'static`, so every later call to it by a
+                // modifier touches live data only.
                 unsafe {
                     state
                         .waiters

@@ -309,7 +309,7 @@ impl<K: Clone> ScanControl<K> {
     /// Cancel safe.
     pub async fn stopped(&self) -> FinalCheckpoint<K>
     where
-        K: Send,
+        K: Send + 'static,
     {
         self.stopped.done().await
     }
