@@ -1,8 +1,11 @@
 //! Behavioural specification of the sync-status channel and `SyncRegistry`.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use leasehold::WatchCell;
@@ -43,6 +46,43 @@ impl Outcome for BlobCopy {
     }
     fn panicked(message: String) -> Self {
         BlobCopy::Panicked(message)
+    }
+}
+
+/// Runs `f` on its own thread and fails the test if it has not returned
+/// within a few seconds: a deadlock fails fast instead of hanging the run.
+///
+/// `hostages` is what the test would drop on its way out; a deadlocked `f`
+/// may hold the locks those drops need, so on a timeout they are leaked
+/// rather than dropped, and the failure is reported instead of hanging.
+fn within_seconds<T: Send + 'static, H>(
+    what: &str,
+    hostages: H,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (T, H) {
+    let (done, finished) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    match finished.recv_timeout(Duration::from_secs(5)) {
+        Ok(value) => (value, hostages),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(thread.join().expect_err("the thread sent nothing"))
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            std::mem::forget(hostages);
+            panic!("{what} did not return within 5 s (deadlocked?)")
+        }
+    }
+}
+
+/// A waker that runs its callback when woken, on the waking thread: a task
+/// whose wake-up calls back into the registry inline.
+struct CallbackWaker(Box<dyn Fn() + Send + Sync>);
+
+impl Wake for CallbackWaker {
+    fn wake(self: Arc<Self>) {
+        (self.0)();
     }
 }
 
@@ -531,4 +571,103 @@ async fn subscribe_by_key_sees_only_jobs_in_flight() {
     open.modify(|open| *open = true);
     assert_eq!(subscribed.done().await, SyncOutcome::Skipped);
     assert!(registry.subscribe(&1).is_none());
+}
+
+// ------------------------------------------------ re-entrant wake-ups
+
+/// Claims key 1 of `registry` and parks a waiter on the job's cancellation
+/// whose waker, when woken, calls `in_flight()` on the registry (if it is
+/// still alive) and publishes the job inline (which frees its key under the
+/// registry's lock). Then runs `cancel` under a time limit: it must return,
+/// having woken the waiter, and the job must have published.
+fn cancellation_survives_a_waker_that_reenters_the_registry(
+    what: &str,
+    cancel: impl FnOnce(Arc<SyncRegistry<u32>>) + Send + 'static,
+) -> Option<usize> {
+    let registry = Arc::new(SyncRegistry::<u32>::new());
+    let Claim::Owner(owner) = registry.claim(1) else {
+        panic!("the key was free");
+    };
+    let receiver = owner.subscribe();
+    let signal = owner.cancel_signal().clone();
+    let owner = Mutex::new(Some(owner));
+    let seen_in_flight = Arc::new(Mutex::new(None));
+    let waker = Waker::from(Arc::new(CallbackWaker(Box::new({
+        let registry: Weak<_> = Arc::downgrade(&registry);
+        let seen_in_flight = seen_in_flight.clone();
+        move || {
+            if let Some(registry) = registry.upgrade() {
+                *seen_in_flight.lock().unwrap() = Some(registry.in_flight());
+            }
+            if let Some(owner) = owner.lock().unwrap().take() {
+                owner.publish(SyncOutcome::Cancelled);
+            }
+        }
+    }))));
+    let mut waiter: Pin<Box<dyn Future<Output = ()> + Send>> =
+        Box::pin(async move { signal.cancelled().await });
+    let mut cx = Context::from_waker(&waker);
+    assert!(waiter.as_mut().poll(&mut cx).is_pending());
+
+    let ((), mut waiter) = within_seconds(what, waiter, move || cancel(registry));
+
+    assert_eq!(receiver.status(), SyncStatus::Done(SyncOutcome::Cancelled));
+    assert_eq!(waiter.as_mut().poll(&mut cx), Poll::Ready(()));
+    *seen_in_flight.lock().unwrap()
+}
+
+#[test]
+fn cancel_wakes_the_job_after_unlocking_so_a_waker_may_call_into_the_registry() {
+    let seen = cancellation_survives_a_waker_that_reenters_the_registry("cancel", |registry| {
+        let cancelled = registry.cancel(&1).expect("in flight");
+        assert_eq!(cancelled.blocking_done(), SyncOutcome::Cancelled);
+        assert_eq!(registry.in_flight(), 0);
+    });
+    assert_eq!(seen, Some(1), "the waker ran while the job was in flight");
+}
+
+#[test]
+fn cancel_where_wakes_the_jobs_after_unlocking_so_a_waker_may_call_into_the_registry() {
+    let seen =
+        cancellation_survives_a_waker_that_reenters_the_registry("cancel_where", |registry| {
+            let cancelled = registry.cancel_where(|key| *key == 1);
+            assert_eq!(cancelled.blocking_finished(), [(1, SyncOutcome::Cancelled)]);
+            assert_eq!(registry.in_flight(), 0);
+        });
+    assert_eq!(seen, Some(1));
+}
+
+#[test]
+fn cancel_where_predicate_may_call_into_the_registry() {
+    let registry = Arc::new(SyncRegistry::<u32>::new());
+    let Claim::Owner(owner) = registry.claim(1) else {
+        panic!("the key was free");
+    };
+    let (cancelled, owner) = within_seconds("cancel_where", owner, {
+        let registry = registry.clone();
+        move || {
+            let cancelled = registry.cancel_where(|key| registry.subscribe(key).is_some());
+            cancelled.keys().copied().collect::<Vec<_>>()
+        }
+    });
+    assert_eq!(cancelled, [1]);
+    assert!(owner.cancel_signal().is_cancelled());
+}
+
+#[test]
+fn cancel_all_wakes_the_jobs_after_unlocking_so_a_waker_may_call_into_the_registry() {
+    let seen = cancellation_survives_a_waker_that_reenters_the_registry("cancel_all", |registry| {
+        let cancelled = registry.cancel_all();
+        assert_eq!(cancelled.blocking_finished(), [(1, SyncOutcome::Cancelled)]);
+        assert_eq!(registry.in_flight(), 0);
+    });
+    assert_eq!(seen, Some(1));
+}
+
+#[test]
+fn dropping_the_registry_wakes_the_jobs_after_unlocking_so_a_job_may_publish_from_its_waker() {
+    let seen = cancellation_survives_a_waker_that_reenters_the_registry("drop", |registry| {
+        drop(Arc::into_inner(registry).expect("the only strong reference"));
+    });
+    assert_eq!(seen, None, "the registry was gone when the waker ran");
 }

@@ -70,7 +70,12 @@ where
 /// with a fresh, pending channel ([`SyncRegistry::claim`]), and removed in
 /// the same critical section that publishes its outcome
 /// ([`KeyedPublisher::finish`]). Nothing else inserts, removes, or publishes.
-/// Lock order: `map`, then a status or cancel cell; never the reverse.
+/// Lock order: `map`, then a status cell; never the reverse.
+///
+/// No user code runs under `map`: publication defers its wake-ups
+/// ([`WakeList`](crate::watch_cell::WakeList)) until `map` is released, and
+/// cancellation collects the jobs under `map` and cancels them after it, so a
+/// waker or predicate that calls back into the registry cannot deadlock.
 struct Jobs<K, O> {
     map: Mutex<HashMap<K, Job<O>>>,
 }
@@ -242,17 +247,23 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let map = self.jobs.map.lock();
-        map.get(key).map(|job| {
-            job.cancel.cancel();
-            job.status.subscribe()
-        })
+        let (cancel, status) = {
+            let map = self.jobs.map.lock();
+            let job = map.get(key)?;
+            (job.cancel.clone(), job.status.subscribe())
+        };
+        // After unlocking: setting the signal wakes the job's waiters, whose
+        // wakers may call back into the registry. Should the job publish
+        // meanwhile, setting its signal is harmless and `status` resolves.
+        cancel.cancel();
+        Some(status)
     }
 
     /// Cancels every job in flight whose key satisfies `predicate`.
     ///
-    /// `predicate` runs under the registry's lock: it must not call into
-    /// this registry.
+    /// `predicate` runs on a snapshot of the keys in flight, with no lock
+    /// held, so it may call into this registry. A job that publishes while
+    /// the predicate runs is still listed (its receiver is already done).
     ///
     /// # Examples
     ///
@@ -276,13 +287,20 @@ where
     where
         K: Clone,
     {
-        let map = self.jobs.map.lock();
-        let jobs = map
-            .iter()
-            .filter(|(key, _)| predicate(key))
-            .map(|(key, job)| {
-                job.cancel.cancel();
-                (key.clone(), job.status.subscribe())
+        let in_flight: Vec<_> = {
+            let map = self.jobs.map.lock();
+            map.iter()
+                .map(|(key, job)| (key.clone(), job.cancel.clone(), job.status.subscribe()))
+                .collect()
+        };
+        // No lock held from here: neither the predicate nor the wakers that
+        // setting a signal runs can deadlock against the registry.
+        let jobs = in_flight
+            .into_iter()
+            .filter(|(key, _, _)| predicate(key))
+            .map(|(key, cancel, status)| {
+                cancel.cancel();
+                (key, status)
             })
             .collect();
         Cancellation { jobs }
@@ -366,9 +384,14 @@ where
     O: Outcome,
 {
     fn drop(&mut self) {
-        // Nobody could cancel these jobs any more: ask them to stop.
-        for job in self.jobs.map.lock().values() {
-            job.cancel.cancel();
+        // Nobody could cancel these jobs any more: ask them to stop, after
+        // unlocking (the wake-ups may call back into the jobs' publishers).
+        let signals: Vec<_> = {
+            let map = self.jobs.map.lock();
+            map.values().map(|job| job.cancel.clone()).collect()
+        };
+        for cancel in signals {
+            cancel.cancel();
         }
     }
 }
@@ -380,8 +403,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("SyncRegistry");
-        // `try_lock`: formatting from inside a `cancel_where` predicate must
-        // not deadlock.
+        // `try_lock`: formatting must not deadlock, whoever holds the lock.
         match self.jobs.map.try_lock() {
             Some(map) => d.field("in_flight", &map.keys().collect::<Vec<_>>()),
             None => d.field("in_flight", &format_args!("<locked>")),
