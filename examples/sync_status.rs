@@ -8,12 +8,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use leasehold::status::{CancelSignal, SyncOutcome, SyncReceiver, SyncRegistry};
+use leasehold::status::{CancellationToken, SyncOutcome, SyncReceiver, SyncRegistry};
 
-type Job = fn(CancelSignal) -> Pin<Box<dyn Future<Output = SyncOutcome> + Send>>;
+type Job = fn(CancellationToken) -> Pin<Box<dyn Future<Output = SyncOutcome> + Send>>;
 
 /// Copies `chunks` chunks of a blob, 10 ms each, unless cancelled first.
-async fn copy_blob(blob: &'static str, chunks: u32, cancel: CancelSignal) -> SyncOutcome {
+async fn copy_blob(blob: &'static str, chunks: u32, cancel: CancellationToken) -> SyncOutcome {
     let copy = async {
         for _ in 0..chunks {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use leasehold::WatchCell;
 use leasehold::status::{
-    self, Claim, Outcome, SyncOutcome, SyncReceiver, SyncRegistry, SyncStatus, TimedOut,
+    self, BlockingCancellation, CancellationToken, Claim, Outcome, SyncOutcome, SyncReceiver,
+    SyncRegistry, SyncStatus, TimedOut,
 };
 
 /// A guard against hangs: far longer than any of these tests needs.
@@ -388,7 +389,7 @@ async fn cancel_by_key_signals_only_that_job() {
 fn copier(
     job: usize,
     progress: u64,
-) -> impl FnOnce(status::CancelSignal) -> std::pin::Pin<Box<dyn Future<Output = BlobCopy> + Send>> {
+) -> impl FnOnce(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = BlobCopy> + Send>> {
     move |cancel| {
         Box::pin(async move {
             cancel.cancelled().await;
@@ -589,7 +590,7 @@ fn cancellation_survives_a_waker_that_reenters_the_registry(
         panic!("the key was free");
     };
     let receiver = owner.subscribe();
-    let signal = owner.cancel_signal().clone();
+    let signal = owner.cancellation_token().clone();
     let owner = Mutex::new(Some(owner));
     let seen_in_flight = Arc::new(Mutex::new(None));
     let waker = Waker::from(Arc::new(CallbackWaker(Box::new({
@@ -651,7 +652,7 @@ fn cancel_where_predicate_may_call_into_the_registry() {
         }
     });
     assert_eq!(cancelled, [1]);
-    assert!(owner.cancel_signal().is_cancelled());
+    assert!(owner.cancellation_token().is_cancelled());
 }
 
 #[test]
@@ -670,4 +671,68 @@ fn dropping_the_registry_wakes_the_jobs_after_unlocking_so_a_job_may_publish_fro
         drop(Arc::into_inner(registry).expect("the only strong reference"));
     });
     assert_eq!(seen, None, "the registry was gone when the waker ran");
+}
+
+// ------------------------------------------------------------ cancellation
+
+#[tokio::test]
+async fn cancelling_the_parent_token_cancels_jobs_in_flight_and_jobs_started_later() {
+    let shutdown = CancellationToken::new();
+    let registry = SyncRegistry::<u32, BlobCopy>::with_parent_token(&shutdown);
+    let before = registry.start(1, copier(1, 10));
+    shutdown.cancel();
+    assert_eq!(before.done().await, BlobCopy::Stopped { job: 1, bytes: 10 });
+    let after = registry.start(2, copier(2, 0));
+    assert_eq!(after.done().await, BlobCopy::Stopped { job: 2, bytes: 0 });
+    assert_eq!(registry.in_flight(), 0);
+}
+
+#[test]
+fn cancelling_a_registry_job_leaves_the_parent_token_and_other_jobs_alone() {
+    let shutdown = CancellationToken::new();
+    let registry = SyncRegistry::<u32>::with_parent_token(&shutdown);
+    let (Claim::Owner(a), Claim::Owner(b)) = (registry.claim(1), registry.claim(2)) else {
+        panic!("the keys were free");
+    };
+    registry.cancel(&1).expect("in flight");
+    assert!(a.cancellation_token().is_cancelled());
+    assert!(!b.cancellation_token().is_cancelled());
+    assert!(!shutdown.is_cancelled());
+}
+
+#[test]
+fn job_on_a_thread_waits_for_its_cancellation_with_blocking_cancelled() {
+    let registry = SyncRegistry::<u32>::new();
+    let Claim::Owner(owner) = registry.claim(4) else {
+        panic!("the key was free");
+    };
+    let receiver = owner.subscribe();
+    let ((), receiver) = within_seconds("blocking_cancelled", receiver, move || {
+        let thread = std::thread::spawn(move || {
+            owner.cancellation_token().blocking_cancelled();
+            owner.publish(SyncOutcome::Cancelled);
+        });
+        registry.cancel(&4).expect("in flight");
+        thread.join().unwrap();
+    });
+    assert_eq!(receiver.status(), SyncStatus::Done(SyncOutcome::Cancelled));
+}
+
+#[test]
+fn blocking_cancelled_timeout_reports_whether_the_token_was_cancelled() {
+    let token = CancellationToken::new();
+    assert!(!token.blocking_cancelled_timeout(Duration::ZERO));
+    assert!(!token.blocking_cancelled_timeout(Duration::from_millis(1)));
+    token.cancel();
+    assert!(token.blocking_cancelled_timeout(Duration::ZERO));
+    assert!(token.blocking_cancelled_timeout(Duration::MAX));
+}
+
+#[test]
+fn job_tokens_are_unwind_safe_and_registry_handles_are_send_and_sync() {
+    fn unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
+    fn send_sync<T: Send + Sync>() {}
+    unwind_safe::<CancellationToken>();
+    send_sync::<SyncRegistry<u32>>();
+    send_sync::<leasehold::status::KeyedPublisher<u32>>();
 }

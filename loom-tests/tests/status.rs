@@ -73,7 +73,7 @@ fn cancel_racing_publish_never_returns_a_hanging_receiver() {
         };
         let first = owner.subscribe();
         let publishing = thread::spawn(move || {
-            let outcome = if owner.cancel_signal().is_cancelled() {
+            let outcome = if owner.cancellation_token().is_cancelled() {
                 SyncOutcome::Cancelled
             } else {
                 SyncOutcome::Success

@@ -54,8 +54,11 @@ mod error;
 mod outcome;
 mod registry;
 
-pub use cancel::CancelSignal;
+pub use cancel::BlockingCancellation;
 pub use channel::{SyncPublisher, SyncReceiver, channel};
 pub use error::TimedOut;
 pub use outcome::{Outcome, SyncOutcome, SyncStatus};
 pub use registry::{Cancellation, Claim, KeyedPublisher, SyncRegistry};
+/// tokio-util's cancellation token, re-exported: every registry job gets one
+/// (a child of its registry's token), so the version always matches.
+pub use tokio_util::sync::CancellationToken;

@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 
-use super::{CancelSignal, Outcome, SyncOutcome, SyncPublisher, SyncReceiver, channel};
+use super::{CancellationToken, Outcome, SyncOutcome, SyncPublisher, SyncReceiver, channel};
 use crate::sync::{Arc, Mutex};
 
 /// Deduplicates in-flight syncs by key: the first [`start`](Self::start) of
@@ -27,11 +27,15 @@ use crate::sync::{Arc, Mutex};
 /// message) and frees its key; a job that is dropped unfinished (aborted, or
 /// its runtime shut down) publishes [`Outcome::abandoned`] (`Cancelled`).
 ///
-/// Each job receives a [`CancelSignal`], set by [`cancel`](Self::cancel),
-/// [`cancel_where`](Self::cancel_where) or [`cancel_all`](Self::cancel_all).
-/// Cancellation is cooperative: the job stays registered under its key until
-/// it publishes (a `start` in the meantime attaches to it), and the
-/// cancelling caller gets receivers to wait for exactly that.
+/// Each job receives a [`CancellationToken`] (tokio-util's), cancelled by
+/// [`cancel`](Self::cancel), [`cancel_where`](Self::cancel_where) or
+/// [`cancel_all`](Self::cancel_all). It is a child of the registry's own
+/// token, which in turn can be a child of yours
+/// ([`with_parent_token`](Self::with_parent_token)): cancelling your
+/// service's shutdown token cancels every job. Cancellation is cooperative:
+/// the job stays registered under its key until it publishes (a `start` in
+/// the meantime attaches to it), and the cancelling caller gets receivers to
+/// wait for exactly that.
 ///
 /// Dropping the registry cancels every job still in flight; the jobs run on
 /// until they publish, and their receivers stay valid.
@@ -61,6 +65,8 @@ where
     O: Outcome,
 {
     jobs: Arc<Jobs<K, O>>,
+    /// The parent of every job's token.
+    root: CancellationToken,
 }
 
 /// The in-flight jobs, shared by the registry and every job's publisher.
@@ -82,7 +88,7 @@ struct Jobs<K, O> {
 
 struct Job<O> {
     status: SyncReceiver<O>,
-    cancel: CancelSignal,
+    cancel: CancellationToken,
 }
 
 /// What [`SyncRegistry::claim`] found under a key.
@@ -106,10 +112,39 @@ where
 {
     /// An empty registry.
     pub fn new() -> Self {
+        Self::with_root(CancellationToken::new())
+    }
+
+    /// An empty registry whose jobs are cancelled when `parent` is: every
+    /// job's token is a child of `parent` (through the registry's own
+    /// token). A job started after `parent` was cancelled starts cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{CancellationToken, SyncOutcome, SyncRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let shutdown = CancellationToken::new();
+    /// let syncs = SyncRegistry::with_parent_token(&shutdown);
+    /// let copy = syncs.start("blob-9", |cancel| async move {
+    ///     cancel.cancelled().await;
+    ///     SyncOutcome::Cancelled
+    /// });
+    /// shutdown.cancel();
+    /// assert_eq!(copy.done().await, SyncOutcome::Cancelled);
+    /// # }
+    /// ```
+    pub fn with_parent_token(parent: &CancellationToken) -> Self {
+        Self::with_root(parent.child_token())
+    }
+
+    fn with_root(root: CancellationToken) -> Self {
         Self {
             jobs: Arc::new(Jobs {
                 map: Mutex::new(HashMap::new()),
             }),
+            root,
         }
     }
 
@@ -144,7 +179,7 @@ where
             // Absent, so any earlier job under this key has published.
             Entry::Vacant(slot) => {
                 let (publisher, status) = channel();
-                let cancel = CancelSignal::new();
+                let cancel = self.root.child_token();
                 let key = slot.key().clone();
                 slot.insert(Job {
                     status,
@@ -165,7 +200,7 @@ where
     /// outcome of the job that runs.
     ///
     /// `job` is called once, on the spawned task, with the job's
-    /// [`CancelSignal`]. Its output is published to every receiver and frees
+    /// [`CancellationToken`]. Its output is published to every receiver and frees
     /// the key in one atomic step. If `job` (or its future) panics,
     /// [`Outcome::panicked`] with the panic message is published instead.
     ///
@@ -192,7 +227,7 @@ where
     where
         K: Clone + Send + 'static,
         O: Send + 'static,
-        F: FnOnce(CancelSignal) -> Fut + Send + 'static,
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = O> + Send + 'static,
     {
         // Before claiming: without a runtime, panic with the map untouched.
@@ -252,9 +287,9 @@ where
             let job = map.get(key)?;
             (job.cancel.clone(), job.status.subscribe())
         };
-        // After unlocking: setting the signal wakes the job's waiters, whose
-        // wakers may call back into the registry. Should the job publish
-        // meanwhile, setting its signal is harmless and `status` resolves.
+        // After unlocking: cancelling wakes the job's waiters, whose wakers
+        // may call back into the registry. Should the job publish meanwhile,
+        // cancelling its token is harmless and `status` resolves.
         cancel.cancel();
         Some(status)
     }
@@ -294,7 +329,7 @@ where
                 .collect()
         };
         // No lock held from here: neither the predicate nor the wakers that
-        // setting a signal runs can deadlock against the registry.
+        // cancelling runs can deadlock against the registry.
         let jobs = in_flight
             .into_iter()
             .filter(|(key, _, _)| predicate(key))
@@ -341,10 +376,10 @@ async fn run<K, O, F, Fut>(owner: KeyedPublisher<K, O>, job: F)
 where
     K: Eq + Hash,
     O: Outcome,
-    F: FnOnce(CancelSignal) -> Fut,
+    F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = O>,
 {
-    let cancel = owner.cancel_signal().clone();
+    let cancel = owner.cancellation_token().clone();
     // `job` is called inside the guarded future, so a panic while building
     // the future is caught too. Nothing observes the job's state after a
     // panic, so asserting unwind safety is sound.
@@ -384,15 +419,10 @@ where
     O: Outcome,
 {
     fn drop(&mut self) {
-        // Nobody could cancel these jobs any more: ask them to stop, after
-        // unlocking (the wake-ups may call back into the jobs' publishers).
-        let signals: Vec<_> = {
-            let map = self.jobs.map.lock();
-            map.values().map(|job| job.cancel.clone()).collect()
-        };
-        for cancel in signals {
-            cancel.cancel();
-        }
+        // Nobody could cancel these jobs any more: ask them to stop. Every
+        // job's token is a child of `root`; no lock of ours is held while
+        // their waiters are woken.
+        self.root.cancel();
     }
 }
 
@@ -427,7 +457,7 @@ where
     key: K,
     /// `None` once published.
     publisher: Option<SyncPublisher<O>>,
-    cancel: CancelSignal,
+    cancel: CancellationToken,
 }
 
 impl<K, O> KeyedPublisher<K, O>
@@ -440,8 +470,10 @@ where
         &self.key
     }
 
-    /// The signal set when this job is cancelled through the registry.
-    pub fn cancel_signal(&self) -> &CancelSignal {
+    /// The job's cancellation token, cancelled when the job is cancelled
+    /// through the registry, when the registry is dropped, or when the
+    /// registry's parent token is cancelled.
+    pub fn cancellation_token(&self) -> &CancellationToken {
         &self.cancel
     }
 
