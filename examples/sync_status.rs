@@ -35,7 +35,9 @@ fn handlers(
     n: usize,
     job: Job,
 ) -> Vec<SyncReceiver> {
-    (0..n).map(|_| syncs.start(blob, job)).collect()
+    (0..n)
+        .map(|_| syncs.start(blob, job).into_receiver())
+        .collect()
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -103,7 +105,9 @@ async fn main() {
 
     // Every key was freed in the same step that published its outcome.
     println!("{} jobs in flight", syncs.in_flight());
-    let again = syncs.start("blob-1", |_| async { SyncOutcome::Skipped });
+    let again = syncs
+        .start("blob-1", |_| async { SyncOutcome::Skipped })
+        .into_receiver();
     println!(
         "blob-1 requested again (a fresh job): {}",
         again.done().await

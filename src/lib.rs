@@ -56,10 +56,12 @@
 //! // Two handlers ask for blob 7 at once: one job runs, both learn how it went.
 //! let a = syncs.start(7, |_cancel| async { SyncOutcome::Success });
 //! let b = syncs.start(7, |_cancel| async { SyncOutcome::Skipped });
+//! assert!(a.is_started() && b.is_joined());
+//! let (a, b) = (a.into_receiver(), b.into_receiver());
 //! assert_eq!((a.done().await, b.done().await), (SyncOutcome::Success, SyncOutcome::Success));
 //! // A job that panics reports it, and frees its key for a retry.
 //! let c = syncs.start(7, |_cancel| async { panic!("blob 7 is corrupt") });
-//! assert_eq!(c.done().await, SyncOutcome::Failed("blob 7 is corrupt".into()));
+//! assert_eq!(c.receiver().done().await, SyncOutcome::Failed("blob 7 is corrupt".into()));
 //! assert_eq!(syncs.in_flight(), 0);
 //! # }
 //! ```

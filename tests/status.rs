@@ -223,7 +223,7 @@ fn thousand_concurrent_starts_of_ten_keys_run_exactly_ten_jobs() {
                 let (registry, runs, open) = (registry.clone(), runs.clone(), open.clone());
                 tokio::spawn(async move {
                     let key = i % 10;
-                    let receiver = registry.start(key, move |_cancel| async move {
+                    let start = registry.start(key, move |_cancel| async move {
                         let job = runs.fetch_add(1, Ordering::SeqCst);
                         open.wait_for(|open| *open).await.unwrap();
                         BlobCopy::Done {
@@ -231,7 +231,7 @@ fn thousand_concurrent_starts_of_ten_keys_run_exactly_ten_jobs() {
                             bytes: key as u64,
                         }
                     });
-                    (key, receiver)
+                    (key, start)
                 })
             })
             .collect();
@@ -242,10 +242,27 @@ fn thousand_concurrent_starts_of_ten_keys_run_exactly_ten_jobs() {
         receivers
     });
     assert_eq!(registry.in_flight(), 10);
+    // Exactly one caller per key was told it started the job.
+    let started: Vec<_> = receivers
+        .iter()
+        .filter(|(_, start)| start.is_started())
+        .map(|(key, _)| *key)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        receivers
+            .iter()
+            .filter(|(_, start)| start.is_started())
+            .count(),
+        10
+    );
+    assert_eq!(started.len(), 10);
     open.modify(|open| *open = true);
     let outcomes = runtime.block_on(async {
         let mut outcomes = Vec::new();
-        for (key, receiver) in &receivers {
+        for (key, start) in &receivers {
+            let receiver = start.receiver();
             let outcome = tokio::time::timeout(HANG, receiver.done()).await.unwrap();
             outcomes.push((*key, outcome));
         }
@@ -281,6 +298,8 @@ fn start_racing_completion_never_returns_a_hanging_receiver() {
                 }
             };
             let first = registry.start(0, job(runs.clone()));
+            assert!(first.is_started(), "the previous job has freed the key");
+            let first = first.into_receiver();
             // Races the first job's completion on another worker.
             let second = tokio::spawn({
                 let (registry, runs) = (registry.clone(), runs.clone());
@@ -288,12 +307,15 @@ fn start_racing_completion_never_returns_a_hanging_receiver() {
             })
             .await
             .unwrap();
+            let joined = second.is_joined();
+            let second = second.into_receiver();
             let first_outcome = tokio::time::timeout(HANG, first.done()).await.unwrap();
             let second_outcome = tokio::time::timeout(HANG, second.done()).await.unwrap();
-            // Attached to the same job, or started a new one: never both
-            // seeing a stale or duplicated job.
+            // Joined the same job, or started a new one: never both seeing
+            // a stale or duplicated job, and told which.
+            assert_eq!(first.same_channel(&second), joined);
             assert_eq!(
-                first.same_channel(&second),
+                joined,
                 first_outcome == second_outcome,
                 "{first_outcome:?} / {second_outcome:?}"
             );
@@ -344,15 +366,17 @@ fn dropped_keyed_publisher_frees_its_key_and_publishes_abandoned() {
 #[tokio::test]
 async fn cancelled_job_outcome_is_cancelled() {
     let registry = SyncRegistry::new();
-    let receiver = registry.start("blob", |cancel| async move {
-        match cancel
-            .run_until_cancelled(std::future::pending::<()>())
-            .await
-        {
-            Some(()) => SyncOutcome::Success,
-            None => SyncOutcome::Cancelled,
-        }
-    });
+    let receiver = registry
+        .start("blob", |cancel| async move {
+            match cancel
+                .run_until_cancelled(std::future::pending::<()>())
+                .await
+            {
+                Some(()) => SyncOutcome::Success,
+                None => SyncOutcome::Cancelled,
+            }
+        })
+        .into_receiver();
     let cancelled = registry.cancel("blob").expect("the job is in flight");
     assert_eq!(cancelled.done().await, SyncOutcome::Cancelled);
     assert_eq!(receiver.done().await, SyncOutcome::Cancelled);
@@ -366,15 +390,19 @@ async fn cancel_by_key_signals_only_that_job() {
     let mut receivers = Vec::new();
     for key in ["a", "b"] {
         let open = open.clone();
-        receivers.push(registry.start(key, move |cancel| async move {
-            let opened = cancel
-                .run_until_cancelled(async { open.wait_for(|open| *open).await.unwrap() })
-                .await;
-            match opened {
-                Some(()) => SyncOutcome::Success,
-                None => SyncOutcome::Cancelled,
-            }
-        }));
+        receivers.push(
+            registry
+                .start(key, move |cancel| async move {
+                    let opened = cancel
+                        .run_until_cancelled(async { open.wait_for(|open| *open).await.unwrap() })
+                        .await;
+                    match opened {
+                        Some(()) => SyncOutcome::Success,
+                        None => SyncOutcome::Cancelled,
+                    }
+                })
+                .into_receiver(),
+        );
     }
     assert!(registry.cancel("missing").is_none());
     let a = registry.cancel("a").expect("in flight");
@@ -464,30 +492,36 @@ fn cancellation_can_be_awaited_from_a_blocking_thread() {
 async fn start_during_cancellation_attaches_to_the_cancelled_job() {
     let registry = SyncRegistry::new();
     let finish = gate();
-    let first = registry.start("blob", {
-        let finish = finish.clone();
-        move |cancel| async move {
-            cancel.cancelled().await;
-            // Cleanup takes a while: the key stays claimed meanwhile.
-            finish.wait_for(|finish| *finish).await.unwrap();
-            SyncOutcome::Cancelled
-        }
-    });
+    let first = registry
+        .start("blob", {
+            let finish = finish.clone();
+            move |cancel| async move {
+                cancel.cancelled().await;
+                // Cleanup takes a while: the key stays claimed meanwhile.
+                finish.wait_for(|finish| *finish).await.unwrap();
+                SyncOutcome::Cancelled
+            }
+        })
+        .into_receiver();
     let cancelled = registry.cancel("blob").unwrap();
     let during = registry.start("blob", |_| async { SyncOutcome::Success });
+    assert!(during.is_joined());
+    let during = during.into_receiver();
     assert!(during.same_channel(&first));
     finish.modify(|finish| *finish = true);
     assert_eq!(cancelled.done().await, SyncOutcome::Cancelled);
     assert_eq!(during.done().await, SyncOutcome::Cancelled);
     // After it published, a new start runs a new job.
-    let after = registry.start("blob", |_| async { SyncOutcome::Success });
+    let after = registry
+        .start("blob", |_| async { SyncOutcome::Success })
+        .into_receiver();
     assert_eq!(after.done().await, SyncOutcome::Success);
 }
 
 #[tokio::test]
 async fn dropping_the_registry_cancels_jobs_in_flight() {
     let registry = SyncRegistry::<u32, BlobCopy>::new();
-    let receiver = registry.start(3, copier(3, 42));
+    let receiver = registry.start(3, copier(3, 42)).into_receiver();
     drop(registry);
     assert_eq!(
         receiver.done().await,
@@ -500,10 +534,12 @@ async fn panicking_job_publishes_failed_with_its_message_and_frees_its_key() {
     let registry = SyncRegistry::new();
     let waiters: Vec<_> = (0..3)
         .map(|_| {
-            registry.start(5, |_cancel| async {
-                tokio::task::yield_now().await;
-                panic!("blob 5: disk full");
-            })
+            registry
+                .start(5, |_cancel| async {
+                    tokio::task::yield_now().await;
+                    panic!("blob 5: disk full");
+                })
+                .into_receiver()
         })
         .collect();
     for waiter in &waiters {
@@ -513,7 +549,9 @@ async fn panicking_job_publishes_failed_with_its_message_and_frees_its_key() {
         );
     }
     assert_eq!(registry.in_flight(), 0);
-    let retried = registry.start(5, |_cancel| async { SyncOutcome::Success });
+    let retried = registry
+        .start(5, |_cancel| async { SyncOutcome::Success })
+        .into_receiver();
     assert_eq!(retried.done().await, SyncOutcome::Success);
 }
 
@@ -521,9 +559,11 @@ async fn panicking_job_publishes_failed_with_its_message_and_frees_its_key() {
 async fn job_that_panics_before_returning_a_future_publishes_failed_with_a_formatted_message() {
     let registry = SyncRegistry::<u8, BlobCopy>::new();
     let blob = 12;
-    let receiver = registry.start(1, move |_cancel| -> std::future::Ready<BlobCopy> {
-        panic!("no route to blob {blob}")
-    });
+    let receiver = registry
+        .start(1, move |_cancel| -> std::future::Ready<BlobCopy> {
+            panic!("no route to blob {blob}")
+        })
+        .into_receiver();
     assert_eq!(
         receiver.done().await,
         BlobCopy::Panicked("no route to blob 12".into())
@@ -536,7 +576,9 @@ fn job_dropped_by_runtime_shutdown_publishes_abandoned_and_frees_its_key() {
     let registry = SyncRegistry::new();
     let runtime = multi_thread(1);
     let receiver = runtime.block_on(async {
-        registry.start("blob", |_cancel| std::future::pending::<SyncOutcome>())
+        registry
+            .start("blob", |_cancel| std::future::pending::<SyncOutcome>())
+            .into_receiver()
     });
     assert_eq!(registry.in_flight(), 1);
     drop(runtime);
@@ -560,13 +602,15 @@ async fn subscribe_by_key_sees_only_jobs_in_flight() {
     let registry = SyncRegistry::new();
     assert!(registry.subscribe(&1).is_none());
     let open = gate();
-    let started = registry.start(1, {
-        let open = open.clone();
-        move |_| async move {
-            open.wait_for(|open| *open).await.unwrap();
-            SyncOutcome::Skipped
-        }
-    });
+    let started = registry
+        .start(1, {
+            let open = open.clone();
+            move |_| async move {
+                open.wait_for(|open| *open).await.unwrap();
+                SyncOutcome::Skipped
+            }
+        })
+        .into_receiver();
     let subscribed = registry.subscribe(&1).expect("in flight");
     assert!(subscribed.same_channel(&started));
     open.modify(|open| *open = true);
@@ -679,10 +723,10 @@ fn dropping_the_registry_wakes_the_jobs_after_unlocking_so_a_job_may_publish_fro
 async fn cancelling_the_parent_token_cancels_jobs_in_flight_and_jobs_started_later() {
     let shutdown = CancellationToken::new();
     let registry = SyncRegistry::<u32, BlobCopy>::with_parent_token(&shutdown);
-    let before = registry.start(1, copier(1, 10));
+    let before = registry.start(1, copier(1, 10)).into_receiver();
     shutdown.cancel();
     assert_eq!(before.done().await, BlobCopy::Stopped { job: 1, bytes: 10 });
-    let after = registry.start(2, copier(2, 0));
+    let after = registry.start(2, copier(2, 0)).into_receiver();
     assert_eq!(after.done().await, BlobCopy::Stopped { job: 2, bytes: 0 });
     assert_eq!(registry.in_flight(), 0);
 }
@@ -735,4 +779,84 @@ fn job_tokens_are_unwind_safe_and_registry_handles_are_send_and_sync() {
     unwind_safe::<CancellationToken>();
     send_sync::<SyncRegistry<u32>>();
     send_sync::<leasehold::status::KeyedPublisher<u32>>();
+}
+
+// ------------------------------------------------- claimed jobs on threads
+
+#[test]
+fn job_on_a_thread_that_panics_publishes_failed_not_cancelled_and_frees_its_key() {
+    let registry = SyncRegistry::<u32, BlobCopy>::new();
+    let Claim::Owner(owner) = registry.claim(8) else {
+        panic!("the key was free");
+    };
+    let receiver = owner.subscribe();
+    let thread = std::thread::spawn(move || {
+        let _owner = owner;
+        panic!("blob 8: checksum mismatch");
+    });
+    assert!(thread.join().is_err());
+    assert!(
+        matches!(receiver.blocking_done(), BlobCopy::Panicked(_)),
+        "{:?}",
+        receiver.status()
+    );
+    assert_eq!(registry.in_flight(), 0);
+}
+
+#[test]
+fn channel_publisher_dropped_by_a_panic_publishes_failed() {
+    let (publisher, receiver) = status::channel::<SyncOutcome>();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _publisher = publisher;
+        panic!("copy failed");
+    }));
+    assert!(panicked.is_err());
+    assert!(matches!(receiver.blocking_done(), SyncOutcome::Failed(_)));
+}
+
+#[tokio::test]
+async fn claimed_job_run_with_run_publishes_its_panic_message_as_failed() {
+    let registry = SyncRegistry::<u32>::new();
+    let Claim::Owner(owner) = registry.claim(2) else {
+        panic!("the key was free");
+    };
+    let receiver = owner.subscribe();
+    // Another executor's task, here a plain tokio task.
+    tokio::spawn(owner.run(|_cancel| async {
+        tokio::task::yield_now().await;
+        panic!("blob 2: disk full");
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        receiver.done().await,
+        SyncOutcome::Failed("blob 2: disk full".into())
+    );
+    assert_eq!(registry.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn start_reports_whether_it_started_the_job_or_joined_one_in_flight() {
+    let registry = SyncRegistry::<u32>::new();
+    let open = gate();
+    let first = registry.start(1, {
+        let open = open.clone();
+        move |_| async move {
+            open.wait_for(|open| *open).await.unwrap();
+            SyncOutcome::Success
+        }
+    });
+    let second = registry.start(1, |_| async { unreachable!("joined, never called") });
+    let other_key = registry.start(2, |_| async { SyncOutcome::Skipped });
+    assert!(matches!(first, status::Start::Started(_)));
+    assert!(matches!(second, status::Start::Joined(_)));
+    assert!(other_key.is_started());
+    assert!(first.receiver().same_channel(second.receiver()));
+    open.modify(|open| *open = true);
+    assert_eq!(second.into_receiver().done().await, SyncOutcome::Success);
+    assert!(
+        registry
+            .start(1, |_| async { SyncOutcome::Success })
+            .is_started()
+    );
 }

@@ -52,10 +52,11 @@ use crate::sync::{Arc, Mutex};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let syncs = SyncRegistry::new();
 /// let first = syncs.start("blob-7", |_cancel| async { SyncOutcome::Success });
-/// // Before the job finishes, a second start attaches to it.
+/// // Before the job finishes, a second start joins it.
 /// let second = syncs.start("blob-7", |_cancel| async { unreachable!("runs once") });
-/// assert!(first.same_channel(&second));
-/// assert_eq!(second.done().await, SyncOutcome::Success);
+/// assert!(first.is_started() && second.is_joined());
+/// assert!(first.receiver().same_channel(second.receiver()));
+/// assert_eq!(second.into_receiver().done().await, SyncOutcome::Success);
 /// assert_eq!(syncs.in_flight(), 0);
 /// # }
 /// ```
@@ -105,6 +106,44 @@ where
     Owner(KeyedPublisher<K, O>),
 }
 
+/// What [`SyncRegistry::start`] did: started the job, or joined the job in
+/// flight under the key. Either way it carries a receiver of the outcome of
+/// the job that runs.
+#[derive(Debug)]
+pub enum Start<O = SyncOutcome> {
+    /// The key was free: the job was spawned, and this receives its outcome.
+    Started(SyncReceiver<O>),
+    /// A job was in flight under the key: the job passed to `start` was
+    /// dropped uncalled, and this receives the outcome of the one in flight.
+    Joined(SyncReceiver<O>),
+}
+
+impl<O> Start<O> {
+    /// Whether this call started the job.
+    pub const fn is_started(&self) -> bool {
+        matches!(self, Start::Started(_))
+    }
+
+    /// Whether this call joined a job already in flight.
+    pub const fn is_joined(&self) -> bool {
+        matches!(self, Start::Joined(_))
+    }
+
+    /// The receiver of the outcome.
+    pub const fn receiver(&self) -> &SyncReceiver<O> {
+        match self {
+            Start::Started(receiver) | Start::Joined(receiver) => receiver,
+        }
+    }
+
+    /// The receiver of the outcome.
+    pub fn into_receiver(self) -> SyncReceiver<O> {
+        match self {
+            Start::Started(receiver) | Start::Joined(receiver) => receiver,
+        }
+    }
+}
+
 impl<K, O> SyncRegistry<K, O>
 where
     K: Eq + Hash,
@@ -132,7 +171,7 @@ where
     ///     SyncOutcome::Cancelled
     /// });
     /// shutdown.cancel();
-    /// assert_eq!(copy.done().await, SyncOutcome::Cancelled);
+    /// assert_eq!(copy.into_receiver().done().await, SyncOutcome::Cancelled);
     /// # }
     /// ```
     pub fn with_parent_token(parent: &CancellationToken) -> Self {
@@ -196,11 +235,13 @@ where
     }
 
     /// Starts `job` for `key` on the current tokio runtime, unless a job is
-    /// in flight under `key` already; either way, returns a receiver of the
-    /// outcome of the job that runs.
+    /// in flight under `key` already; says which ([`Start::Started`] or
+    /// [`Start::Joined`]), with a receiver of the outcome of the job that
+    /// runs.
     ///
     /// `job` is called once, on the spawned task, with the job's
-    /// [`CancellationToken`]. Its output is published to every receiver and frees
+    /// [`CancellationToken`]; when the caller joins a job in flight, `job` is
+    /// dropped uncalled. Its output is published to every receiver and frees
     /// the key in one atomic step. If `job` (or its future) panics,
     /// [`Outcome::panicked`] with the panic message is published instead.
     ///
@@ -216,14 +257,18 @@ where
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let syncs = SyncRegistry::new();
-    /// let panicked = syncs.start(1, |_cancel| async { panic!("disk full") });
-    /// assert_eq!(panicked.done().await, SyncOutcome::Failed("disk full".into()));
+    /// let first = syncs.start(1, |_cancel| async { panic!("disk full") });
+    /// assert!(first.is_started());
+    /// let second = syncs.start(1, |_cancel| async { SyncOutcome::Success });
+    /// assert!(second.is_joined(), "the first job is still in flight");
+    /// assert_eq!(second.receiver().done().await, SyncOutcome::Failed("disk full".into()));
     /// // The key was freed: a new start runs a new job.
     /// let retried = syncs.start(1, |_cancel| async { SyncOutcome::Success });
-    /// assert_eq!(retried.done().await, SyncOutcome::Success);
+    /// assert!(retried.is_started());
+    /// assert_eq!(retried.into_receiver().done().await, SyncOutcome::Success);
     /// # }
     /// ```
-    pub fn start<F, Fut>(&self, key: K, job: F) -> SyncReceiver<O>
+    pub fn start<F, Fut>(&self, key: K, job: F) -> Start<O>
     where
         K: Clone + Send + 'static,
         O: Send + 'static,
@@ -233,13 +278,13 @@ where
         // Before claiming: without a runtime, panic with the map untouched.
         let runtime = tokio::runtime::Handle::current();
         match self.claim(key) {
-            Claim::Attached(receiver) => receiver,
+            Claim::Attached(receiver) => Start::Joined(receiver),
             Claim::Owner(owner) => {
                 let receiver = owner.subscribe();
                 // Detached: the owner publishes (and frees the key) when the
                 // job ends, panics, or its task is dropped unfinished.
-                drop(runtime.spawn(run(owner, job)));
-                receiver
+                drop(runtime.spawn(owner.run(job)));
+                Start::Started(receiver)
             }
         }
     }
@@ -270,7 +315,7 @@ where
     /// let receiver = syncs.start("blob-3", |cancel| async move {
     ///     cancel.cancelled().await;
     ///     SyncOutcome::Cancelled
-    /// });
+    /// }).into_receiver();
     /// let cancelled = syncs.cancel("blob-3").expect("in flight");
     /// assert_eq!(cancelled.done().await, SyncOutcome::Cancelled);
     /// assert_eq!(receiver.done().await, SyncOutcome::Cancelled);
@@ -371,28 +416,6 @@ where
     }
 }
 
-/// The body of a spawned job: run it, turn a panic into an outcome, publish.
-async fn run<K, O, F, Fut>(owner: KeyedPublisher<K, O>, job: F)
-where
-    K: Eq + Hash,
-    O: Outcome,
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: Future<Output = O>,
-{
-    let cancel = owner.cancellation_token().clone();
-    // `job` is called inside the guarded future, so a panic while building
-    // the future is caught too. Nothing observes the job's state after a
-    // panic, so asserting unwind safety is sound.
-    let outcome = match AssertUnwindSafe(async move { job(cancel).await })
-        .catch_unwind()
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(payload) => O::panicked(panic_message(payload.as_ref())),
-    };
-    owner.publish(outcome);
-}
-
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&str>() {
         (*message).to_owned()
@@ -447,7 +470,10 @@ where
 ///
 /// [`publish`](Self::publish) publishes the outcome and frees the key in one
 /// atomic step. Dropping it unpublished does the same with
-/// [`Outcome::abandoned`].
+/// [`Outcome::abandoned`], or with [`Outcome::panicked`] if it is dropped by
+/// a panic unwinding the thread that holds it (a job on a thread that
+/// panics reports `Failed`, not `Cancelled`). A panic in an async job is
+/// caught by [`run`](Self::run).
 pub struct KeyedPublisher<K, O = SyncOutcome>
 where
     K: Eq + Hash,
@@ -492,6 +518,49 @@ where
         self.finish(outcome);
     }
 
+    /// Runs `job` with this job's cancellation token and publishes its
+    /// output; if `job` (or its future) panics, publishes
+    /// [`Outcome::panicked`] with the panic message instead. This is what
+    /// [`SyncRegistry::start`] spawns; use it to run a claimed job on
+    /// another executor.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes drops `job` and the
+    /// publisher, which publishes [`Outcome::abandoned`] and frees the key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{Claim, SyncOutcome, SyncRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let syncs = SyncRegistry::<u32>::new();
+    /// let Claim::Owner(owner) = syncs.claim(3) else { unreachable!("the key is free") };
+    /// let receiver = owner.subscribe();
+    /// owner.run(|_cancel| async { panic!("checksum mismatch") }).await;
+    /// assert_eq!(receiver.done().await, SyncOutcome::Failed("checksum mismatch".into()));
+    /// # }
+    /// ```
+    pub async fn run<F, Fut>(self, job: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = O>,
+    {
+        let cancel = self.cancellation_token().clone();
+        // `job` is called inside the guarded future, so a panic while
+        // building the future is caught too. Nothing observes the job's
+        // state after a panic, so asserting unwind safety is sound.
+        let outcome = match AssertUnwindSafe(async move { job(cancel).await })
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(payload) => O::panicked(panic_message(payload.as_ref())),
+        };
+        self.publish(outcome);
+    }
+
     /// The registry's atomic step (see the invariant on [`Jobs`]).
     fn finish(&mut self, outcome: O) {
         let Some(publisher) = self.publisher.take() else {
@@ -520,7 +589,7 @@ where
 {
     fn drop(&mut self) {
         if self.publisher.is_some() {
-            self.finish(O::abandoned());
+            self.finish(super::channel::unpublished());
         }
     }
 }

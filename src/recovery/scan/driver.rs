@@ -905,7 +905,8 @@ where
         let job_key = key.clone();
         let receiver = self
             .registry
-            .start(key.clone(), move |cancel| sync(job_key, cancel));
+            .start(key.clone(), move |cancel| sync(job_key, cancel))
+            .into_receiver();
         self.running.push(Box::pin(async move {
             let outcome = receiver.done().await;
             Event::Finished { key, outcome }
