@@ -17,6 +17,16 @@ use leasehold::status::{
 /// A guard against hangs: far longer than any of these tests needs.
 const HANG: Duration = Duration::from_secs(30);
 
+/// How long a call that must not deadlock may take (Miri interprets the
+/// code, some hundred times slower).
+const DEADLOCK: Duration = Duration::from_secs(if cfg!(miri) { 120 } else { 5 });
+
+/// Sizes of the stress tests: smaller under Miri, which checks each
+/// interleaving it runs for undefined behaviour rather than hunting races.
+const WAITERS: (usize, usize) = if cfg!(miri) { (8, 2) } else { (100, 10) };
+const STARTS: usize = if cfg!(miri) { 40 } else { 1000 };
+const ROUNDS: usize = if cfg!(miri) { 20 } else { 2000 };
+
 fn multi_thread(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -65,14 +75,14 @@ fn within_seconds<T: Send + 'static, H>(
     let thread = std::thread::spawn(move || {
         let _ = done.send(f());
     });
-    match finished.recv_timeout(Duration::from_secs(5)) {
+    match finished.recv_timeout(DEADLOCK) {
         Ok(value) => (value, hostages),
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             std::panic::resume_unwind(thread.join().expect_err("the thread sent nothing"))
         }
         Err(mpsc::RecvTimeoutError::Timeout) => {
             std::mem::forget(hostages);
-            panic!("{what} did not return within 5 s (deadlocked?)")
+            panic!("{what} did not return within {DEADLOCK:?} (deadlocked?)")
         }
     }
 }
@@ -95,22 +105,23 @@ fn gate() -> WatchCell<bool> {
 // ---------------------------------------------------------------- channel
 
 #[test]
-fn hundred_async_and_ten_blocking_waiters_all_observe_the_same_outcome() {
+fn async_and_blocking_waiters_all_observe_the_same_outcome() {
     let runtime = multi_thread(2);
     let (publisher, receiver) = status::channel();
-    let tasks: Vec<_> = (0..100)
+    let (tasks, threads) = WAITERS;
+    let tasks: Vec<_> = (0..tasks)
         .map(|_| {
             let receiver = receiver.clone();
             runtime.spawn(async move { receiver.done().await })
         })
         .collect();
-    let threads: Vec<_> = (0..10)
+    let threads: Vec<_> = (0..threads)
         .map(|_| {
             let receiver = receiver.subscribe();
             std::thread::spawn(move || receiver.blocking_done())
         })
         .collect();
-    await_waiting(&receiver, 110);
+    await_waiting(&receiver, WAITERS.0 + WAITERS.1);
     publisher.publish(SyncOutcome::Failed("checksum mismatch".into()));
     let expected = SyncOutcome::Failed("checksum mismatch".into());
     runtime.block_on(async {
@@ -212,13 +223,13 @@ fn blocking_waiter_is_released_by_publication_and_unregisters() {
 // --------------------------------------------------------------- registry
 
 #[test]
-fn thousand_concurrent_starts_of_ten_keys_run_exactly_ten_jobs() {
+fn concurrent_starts_of_ten_keys_run_exactly_ten_jobs() {
     let runtime = multi_thread(4);
     let registry = Arc::new(SyncRegistry::<usize, BlobCopy>::new());
     let runs = Arc::new(AtomicUsize::new(0));
     let open = gate();
     let receivers = runtime.block_on(async {
-        let starts: Vec<_> = (0..1000)
+        let starts: Vec<_> = (0..STARTS)
             .map(|i| {
                 let (registry, runs, open) = (registry.clone(), runs.clone(), open.clone());
                 tokio::spawn(async move {
@@ -290,7 +301,7 @@ fn start_racing_completion_never_returns_a_hanging_receiver() {
     let registry = Arc::new(SyncRegistry::<u8, BlobCopy>::new());
     let runs = Arc::new(AtomicUsize::new(0));
     runtime.block_on(async {
-        for _ in 0..2000 {
+        for _ in 0..ROUNDS {
             let job = |runs: Arc<AtomicUsize>| {
                 move |_cancel| async move {
                     let job = runs.fetch_add(1, Ordering::SeqCst);
@@ -325,7 +336,7 @@ fn start_racing_completion_never_returns_a_hanging_receiver() {
             tokio::task::yield_now().await;
         }
     });
-    assert!(runs.load(Ordering::SeqCst) >= 2000);
+    assert!(runs.load(Ordering::SeqCst) >= ROUNDS);
 }
 
 #[test]

@@ -26,6 +26,13 @@
 //! The status is a [`WatchCell`](crate::WatchCell) underneath: waiters are
 //! woken once, when the outcome is published, never on intermediate changes.
 //!
+//! Registry jobs are cancelled through tokio-util's [`CancellationToken`]
+//! (re-exported here), the type a tokio service already passes around: child
+//! tokens, drop guards, owned futures and equality come with it, and a
+//! registry can hang its jobs under your shutdown token
+//! ([`SyncRegistry::with_parent_token`]). [`BlockingCancellation`] adds
+//! blocking waits for jobs that run on threads.
+//!
 //! # Examples
 //!
 //! ```
