@@ -568,17 +568,21 @@ where
         };
         let mut map = self.jobs.map.lock();
         // Only this publisher removes its key, so the entry is still ours.
-        let removed = map.remove(&self.key);
+        let removed = map.remove_entry(&self.key);
         debug_assert!(
-            removed.is_some_and(|job| publisher.same_channel(&job.status)),
+            removed
+                .as_ref()
+                .is_some_and(|(_, job)| publisher.same_channel(&job.status)),
             "a claimed key was removed by someone other than its publisher"
         );
         // Publish before unlocking: from now on the key is free and the
         // outcome readable, and no one saw one without the other. The
-        // waiters are woken after the map lock is released.
+        // waiters are woken, and the removed key and job dropped, after the
+        // map lock is released.
         let wakes = publisher.publish_deferred(outcome);
         drop(map);
         drop(wakes);
+        drop(removed);
     }
 }
 
