@@ -193,7 +193,10 @@ where
     /// This is [`start`](Self::start) without the spawning, for jobs that run
     /// on a thread or another executor. The owner must eventually publish
     /// through the [`KeyedPublisher`] (or drop it, which publishes
-    /// [`Outcome::abandoned`]); until then the key stays claimed.
+    /// [`Outcome::abandoned`]); until then the key stays claimed. On another
+    /// executor, spawn [`KeyedPublisher::run`], which publishes a panic as
+    /// [`Outcome::panicked`]; on a thread, a panic that unwinds through the
+    /// owner publishes [`Outcome::panicked`] too.
     ///
     /// # Examples
     ///
