@@ -30,9 +30,19 @@
 //! ```text
 //! tiered_store [demo] [--dir D] [--writers 3] [--kills 20] [--stall-every 25]
 //! tiered_store writer   --dir D [--objects 64] [--count N] [--stall-every N] [--seed S]
+//!                       [--write-ms N] [--announce-commits] [--gate-commits]
 //! tiered_store recovery --dir D [--until-empty] [--timeout-s 60] [--batch 50]
 //! tiered_store verify   --dir D
 //! ```
+//!
+//! For the fault tests: a writer stops between two writes on SIGTERM and
+//! prints `writer: committed=.. refused=.. conflicts=.. in_doubt=.. errors=..`;
+//! recovery stops on SIGTERM and prints `recovery: claimed=.. cleaned=..`.
+//! `--announce-commits` prints `commit-start entry=ID object=O blob=B` as a
+//! commit starts and `commit-outcome ... outcome=committed|refused|conflict|in_doubt`
+//! after it; `--gate-commits` prints `commit-ready entry=ID object=O` before
+//! each commit and waits for a line on stdin (so a test can take a lock the
+//! commit must wait on); `--write-ms N` makes each blob write N ms slower.
 //!
 //! Every subcommand also takes `--postgres URL [--pg-schema NAME]` (feature
 //! `postgres`): the changelog then lives in PostgreSQL (in schema `NAME`,
@@ -188,17 +198,30 @@ impl Store {
         .await
     }
 
+    /// Adds 1 to `counter`. Retries while the metadata lock is busy (bounded):
+    /// the torture tests compare these counters with what the writers saw,
+    /// so a statistic must not be lost to a busy lock.
     async fn bump(&self, counter: &'static str) {
-        // Best effort: a busy metadata lock only loses a statistic.
-        let _ = self
-            .meta(move |c| {
-                c.execute(
-                    "INSERT INTO counters (name, value) VALUES (?1, 1)
-                     ON CONFLICT (name) DO UPDATE SET value = value + 1",
-                    [counter],
-                )
-            })
-            .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let bumped = self
+                .meta(move |c| {
+                    c.execute(
+                        "INSERT INTO counters (name, value) VALUES (?1, 1)
+                         ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                        [counter],
+                    )
+                })
+                .await;
+            match bumped {
+                Ok(_) => return,
+                Err(error) if Instant::now() > deadline => {
+                    eprintln!("tiered_store: counter {counter} not bumped: {error}");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
     }
 
     /// The metadata compare-and-swap: `object` from `old` to `new`.
@@ -207,12 +230,20 @@ impl Store {
     /// `validity` itself right before it starts; it then finishes within the
     /// metadata busy timeout, far inside the slack between the writer's
     /// deadline and the moment its entry can be claimed.
-    async fn cas(&self, intent: &Intent, validity: Validity) -> Result<(), BoxError> {
+    async fn cas(
+        &self,
+        intent: &Intent,
+        validity: Validity,
+        announce: Option<String>,
+    ) -> Result<(), BoxError> {
         let intent = intent.clone();
         let changed = self
             .meta(move |c| {
                 if !validity.is_valid() {
                     return Ok(0);
+                }
+                if let Some(line) = announce {
+                    println!("{line}");
                 }
                 match &intent.old_blob {
                     Some(old) => c.execute(
@@ -377,11 +408,40 @@ impl ChangeLog for StallableLog {
     }
 }
 
+/// How a writer's commits went, printed as its last line (`writer: ...`)
+/// when it stops by itself (`--count`) or on SIGTERM.
+#[derive(Debug, Default)]
+struct WriterTally {
+    committed: u64,
+    refused: u64,
+    conflicts: u64,
+    in_doubt: u64,
+    errors: u64,
+}
+
+/// The writer's commit, as announced with `--announce-commits`.
+fn announce(args: &Args, what: &str, guard_id: EntryId, intent: &Intent) -> Option<String> {
+    args.flag("announce-commits").then(|| {
+        format!(
+            "{what} entry={} object={} blob={}",
+            guard_id.get(),
+            intent.object,
+            intent.new_blob
+        )
+    })
+}
+
 async fn run_writer(args: &Args) -> Result<(), BoxError> {
     let dir = args.dir()?;
     let objects: u64 = args.num("objects", 64);
     let count: u64 = args.num("count", u64::MAX);
     let stall_every: u64 = args.num("stall-every", 0);
+    // `--gate-commits`: before each commit, announce `commit-ready` and wait
+    // for a line on stdin (a test takes a lock the commit must wait on).
+    let gate = args.flag("gate-commits");
+    // `--write-ms N`: the blob write takes N ms more (a slow upload), so each
+    // entry stays in flight, heartbeating, for at least that long.
+    let write_time = Duration::from_millis(args.num("write-ms", 0));
     let store = Store::open(&dir)?;
     let log = StallableLog {
         inner: Store::changelog(args).await?,
@@ -396,38 +456,95 @@ async fn run_writer(args: &Args) -> Result<(), BoxError> {
     };
     let owner = OwnerId::unique("writer");
     let manager = ChangeManager::new(log.clone(), owner, heartbeat, cleanup)?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tally = WriterTally::default();
     let mut rng = rand::rng();
     let pid = std::process::id();
     for n in 0..count {
+        // SIGTERM stops the writer between two writes, never inside one.
+        if futures::FutureExt::now_or_never(sigterm.recv()).is_some() {
+            break;
+        }
         let object = format!("object-{:03}", rng.random_range(0..objects));
+        let old_blob = match store.current(&object).await {
+            Ok(blob) => blob,
+            Err(error) => {
+                // A busy store (a frozen process holds its lock): try again.
+                eprintln!("tiered_store writer: reading {object}: {error}");
+                tally.errors += 1;
+                continue;
+            }
+        };
         let intent = Intent {
-            old_blob: store.current(&object).await?,
+            old_blob,
             new_blob: format!("{object}.{pid}.{n}.{:08x}", rng.random::<u32>()),
             object,
         };
         // 1. Record the intent durably, before any side effect.
-        let mut guard = manager.record(intent.clone()).await?;
+        let mut guard = match manager.record(intent.clone()).await {
+            Ok(guard) => guard,
+            Err(error) if error.is_transient() => {
+                eprintln!("tiered_store writer: record: {error}");
+                tally.errors += 1;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         // 2. Write the blob.
         tokio::fs::write(store.blob_path(&intent.new_blob), intent.encode()).await?;
         guard.mark_applied();
+        if !write_time.is_zero() {
+            tokio::time::sleep(write_time).await;
+        }
         // Injected stall: the heartbeat hangs until the deadline passes.
         if stall_every > 0 && rng.random_range(0..stall_every) == 0 {
             log.stalled.store(true, Ordering::SeqCst);
             guard.validity().invalidated().await;
             store.bump("stalls").await;
         }
+        let id = guard.fence().id();
+        if gate {
+            println!("commit-ready entry={} object={}", id.get(), intent.object);
+            // On the blocking pool: the heartbeat keeps running meanwhile.
+            let read = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|n| n > 0)
+            });
+            if !read.await?? {
+                return Err("--gate-commits: stdin closed".into());
+            }
+        }
         // 3. Commit only while the entry is ours.
         let validity = guard.validity().clone();
-        match guard.commit(store.cas(&intent, validity)).await {
-            Ok(()) => {}
-            Err(CommitError::Invalid { .. }) => store.bump("commits_refused").await,
-            Err(CommitError::Rejected(_)) => store.bump("cas_conflicts").await,
+        let start = announce(args, "commit-start", id, &intent);
+        let outcome = match guard.commit(store.cas(&intent, validity, start)).await {
+            Ok(()) => {
+                tally.committed += 1;
+                "committed"
+            }
+            Err(CommitError::Invalid { .. }) => {
+                tally.refused += 1;
+                store.bump("commits_refused").await;
+                "refused"
+            }
+            Err(CommitError::Rejected(_)) => {
+                tally.conflicts += 1;
+                store.bump("cas_conflicts").await;
+                "conflict"
+            }
             Err(other) => return Err(other.to_string().into()),
+        };
+        if let Some(line) = announce(args, "commit-outcome", id, &intent) {
+            println!("{line} outcome={outcome}");
         }
         log.stalled.store(false, Ordering::SeqCst);
         // 4. Clean up and remove; an invalid guard leaves it to recovery.
         let _ = guard.finish().await;
     }
+    println!(
+        "writer: committed={} refused={} conflicts={} in_doubt={} errors={}",
+        tally.committed, tally.refused, tally.conflicts, tally.in_doubt, tally.errors
+    );
     Ok(())
 }
 
@@ -454,8 +571,13 @@ async fn run_recovery(args: &Args) -> Result<(), BoxError> {
         config,
     )?;
     let started = Instant::now();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // SIGTERM: stop and report the counters.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = sigterm.recv() => break,
+        }
         if until_empty {
             let active = log
                 .list()
