@@ -120,6 +120,7 @@ impl WallClock {
 
 #[test]
 fn wall_clock_steps_neither_claim_live_entries_nor_delay_recovery() {
+    let _serial = tiered::serial();
     let _watchdog = Watchdog::new("clock steps (sqlite)", Duration::from_secs(90));
     clock_steps(&Backend::sqlite());
 }
@@ -131,6 +132,7 @@ fn wall_clock_steps_neither_claim_live_entries_nor_delay_recovery_on_postgres() 
         return;
     };
     let schema = pg_support::fresh_schema("lh_clock");
+    let _serial = tiered::serial();
     let _watchdog = Watchdog::new("clock steps (postgres)", Duration::from_secs(90));
     clock_steps(&Backend {
         name: "postgres (client clocks stepped; the server's clock is not)",

@@ -57,6 +57,7 @@ struct FreezeState {
 
 #[test]
 fn random_freezes_leave_no_dangling_reference_and_count_refusals_exactly() {
+    let _serial = tiered::serial();
     let _watchdog = Watchdog::new("random freezes (sqlite)", Duration::from_secs(150));
     random_freezes(&Backend::sqlite());
 }
@@ -67,6 +68,7 @@ fn random_freezes_leave_no_dangling_reference_and_count_refusals_exactly_on_post
     let Some(backend) = postgres_backend("freeze torture (postgres)") else {
         return;
     };
+    let _serial = tiered::serial();
     let _watchdog = Watchdog::new("random freezes (postgres)", Duration::from_secs(150));
     random_freezes(&backend);
     drop_backend(&backend);
@@ -277,6 +279,7 @@ impl MetadataLock {
 
 #[test]
 fn a_commit_frozen_while_waiting_for_the_metadata_lock_is_refused() {
+    let _serial = tiered::serial();
     let _watchdog = Watchdog::new("frozen commit (sqlite)", Duration::from_secs(90));
     frozen_commits(&Backend::sqlite());
 }
@@ -287,6 +290,7 @@ fn a_commit_frozen_while_waiting_for_the_metadata_lock_is_refused_on_postgres() 
     let Some(backend) = postgres_backend("frozen commit (postgres)") else {
         return;
     };
+    let _serial = tiered::serial();
     let _watchdog = Watchdog::new("frozen commit (postgres)", Duration::from_secs(90));
     frozen_commits(&backend);
     drop_backend(&backend);

@@ -41,6 +41,16 @@ pub fn example_binary() -> PathBuf {
     binary
 }
 
+/// Held by each process-driven test of a binary while it runs: the tests
+/// measure timings (staleness, claim latency) that several concurrent
+/// fleets of processes on a small machine would distort.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Pids of live children, killed by the [`Watchdog`] before it aborts.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
