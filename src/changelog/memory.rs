@@ -165,10 +165,7 @@ impl MemoryChangeLog {
         {
             None => Err(FencedCommitError::Fenced),
             Some(entry) => commit()
-                .map(|value| {
-                    entry.committed = true;
-                    value
-                })
+                .inspect(|_| entry.committed = true)
                 .map_err(FencedCommitError::Rejected),
         };
         std::future::ready(result)
