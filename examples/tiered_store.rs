@@ -67,9 +67,9 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "postgres")]
 use leasehold::changelog::PostgresChangeLog;
 use leasehold::changelog::{
-    BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup, CommitError,
-    DecodeError, EntryId, EntryInfo, EntryState, Fence, FieldReader, FieldWriter, OwnerId,
-    Ownership, Payload, Phase, Removal, SqliteChangeLog,
+    Advanced, BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup,
+    CommitError, DecodeError, EntryId, EntryInfo, EntryState, Fence, FieldReader, FieldWriter,
+    OwnerId, Ownership, Payload, Phase, Removal, SqliteChangeLog,
 };
 use leasehold::heartbeat::{HeartbeatConfig, Validity};
 use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
@@ -356,6 +356,12 @@ impl ChangeLog for StoreLog {
     async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
         forward!(self, log => log.quarantine(fence, reason).await)
     }
+    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
+        forward!(self, log => log.advance(fence).await)
+    }
+    fn next_stale_in(&self) -> Option<Duration> {
+        forward!(self, log => log.next_stale_in())
+    }
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
         forward!(self, log => log.get(id).await)
     }
@@ -399,6 +405,9 @@ impl ChangeLog for StallableLog {
     }
     async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
         self.inner.quarantine(fence, reason).await
+    }
+    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
+        self.inner.advance(fence).await
     }
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
         self.inner.get(id).await

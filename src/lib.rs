@@ -138,8 +138,9 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let log = Arc::new(MemoryChangeLog::new(leasehold::clock::system(), Duration::from_secs(30)));
-//! let heartbeat = HeartbeatConfig::builder(Duration::from_secs(10)).build()?; // ttl 30 s
+//! let log = Arc::new(MemoryChangeLog::new(leasehold::clock::system(), Duration::from_secs(40)));
+//! // ttl 30 s, plus one 10 s interval of slack before the 40 s staleness.
+//! let heartbeat = HeartbeatConfig::builder(Duration::from_secs(10)).build()?;
 //! let writer = ChangeManager::new(Arc::clone(&log), OwnerId::unique("writer"), heartbeat, DeleteUpload)?;
 //!
 //! let guard = writer.record("blob-7".to_string()).await?;
@@ -151,7 +152,7 @@
 //!     DeleteUpload,
 //!     RecoveryConfig::builder().build()?,
 //! )?;
-//! recovery.wait_for_stats(|s| s.cleaned == 1).await; // 30 s later, on paused time
+//! recovery.wait_for_stats(|s| s.cleaned == 1).await; // 40 s later, on paused time
 //! recovery.shutdown().await;
 //! assert!(log.list().await?.is_empty());
 //! # Ok(()) }
