@@ -404,6 +404,12 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// How long past the staleness threshold a test waits for recovery to
+    /// claim and clean a frozen writer's entry.
+    pub fn claim_allowance(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+
     pub fn sqlite() -> Self {
         Backend {
             name: "sqlite",
