@@ -965,7 +965,7 @@ impl Report {
     fn machine_line(&self) -> String {
         format!(
             "verify: objects={} writes={} blobs={} orphans={} dangling={} changelog={} quarantined={} \
-             stalls={} commits_refused={} cas_conflicts={} recovery_cleanups={}",
+             stalls={} commits_refused={} commits_in_doubt={} cas_conflicts={} recovery_cleanups={}",
             self.objects,
             self.writes,
             self.blobs,
@@ -975,6 +975,7 @@ impl Report {
             self.quarantined,
             self.counter("stalls"),
             self.counter("commits_refused"),
+            self.counter("commits_in_doubt"),
             self.counter("cas_conflicts"),
             self.counter("recovery_cleanups"),
         )
@@ -1110,7 +1111,7 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
         report.counter("stalls")
     );
     println!(
-        "commits refused (invalid):     {}",
+        "commits refused:               {}",
         report.counter("commits_refused")
     );
     println!("entries recovered:             {}", stats.cleaned);
