@@ -221,17 +221,26 @@ impl Sql {
             ),
             scan: format!("SELECT id, generation, beat FROM {log} WHERE quarantined IS NULL"),
             // One statement for the whole batch, each row conditional on the
-            // (generation, beat) this handle saw unchanged. A row another
-            // transaction is updating (a claim, a beat, a fenced commit) is
-            // waited for and re-checked on its newest version, which no longer
-            // matches: each row is re-owned by exactly one claimer.
+            // (generation, beat) this handle saw unchanged. The rows are
+            // locked in id order and rows another transaction holds (a claim,
+            // a beat, a fenced commit) are skipped, so claimers never wait for
+            // each other or deadlock; a row changed and committed meanwhile is
+            // re-checked on its newest version, which no longer matches. So
+            // each row is re-owned by exactly one claimer.
             claim: format!(
-                "UPDATE {log} AS l
+                "WITH seen AS (
+                     SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[])
+                         AS c(id, generation, beat)),
+                 locked AS (
+                     SELECT l.id FROM {log} AS l JOIN seen ON l.id = seen.id
+                     WHERE l.generation = seen.generation AND l.beat = seen.beat
+                       AND l.quarantined IS NULL
+                     ORDER BY l.id
+                     FOR UPDATE OF l SKIP LOCKED)
+                 UPDATE {log} AS l
                  SET owner = $1, generation = l.generation + 1, claims = l.claims + 1,
                      beat = l.beat + 1
-                 FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS c(id, generation, beat)
-                 WHERE l.id = c.id AND l.generation = c.generation AND l.beat = c.beat
-                   AND l.quarantined IS NULL
+                 FROM locked WHERE l.id = locked.id
                  RETURNING l.id, l.generation, l.claims, l.payload, l.committed"
             ),
             // Idempotent: quarantining again keeps the first reason.
@@ -268,10 +277,12 @@ impl Sql {
 ///
 /// [`claim_stale`](ChangeLog::claim_stale) reads the active entries'
 /// `(id, generation, beat)`, picks those this handle has seen unchanged for
-/// the staleness threshold, and re-owns them with one `UPDATE` conditional,
-/// row by row, on the triple it saw. PostgreSQL re-checks a row that another
+/// the staleness threshold, and re-owns them with one statement that locks
+/// them (`FOR UPDATE SKIP LOCKED`, in id order) only where the row still
+/// holds the triple it saw. PostgreSQL re-checks a row that another
 /// transaction changed meanwhile on its newest version, which no longer
-/// matches: each entry is won by exactly one claimer. Fenced calls are
+/// matches, and claimers skip rather than wait for each other's rows: each
+/// entry is won by exactly one claimer, and claimers never deadlock. Fenced calls are
 /// single conditional statements on `(id, owner, generation)`.
 ///
 /// # Fenced commits
