@@ -206,7 +206,8 @@ fn random_freezes(backend: &Backend) {
         "freeze torture ({}): {thawed} freezes of {:?}..{longest:.1?} ({in_commit} right after \
          `commit-start`), {WRITERS} writers; writers counted committed={} refused={} \
          conflicts={} in_doubt={} errors={}; store: writes={} commits_refused={} \
-         cas_conflicts={} recovery_cleanups={}; recovery claimed={} cleaned={} quarantined={}; \
+         cas_conflicts={} recovery_cleanups={}; recovery claimed={} cleaned={} quarantined={} \
+         errors={} lost={}; \
          orphans={} dangling={} changelog={}; workload {workload:.1?}, total {:.1?}",
         backend.name,
         Duration::from_millis(1300),
@@ -222,6 +223,8 @@ fn random_freezes(backend: &Backend) {
         recovery_stats["claimed"],
         recovery_stats["cleaned"],
         recovery_stats["quarantined"],
+        recovery_stats["errors"],
+        recovery_stats["lost"],
         report["orphans"],
         report["dangling"],
         report["changelog"],
