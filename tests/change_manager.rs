@@ -352,10 +352,20 @@ async fn a_commit_dropped_after_its_effect_landed_leaves_the_phase_in_doubt() {
     assert!(s.store.dangling().is_empty() && s.store.orphans().is_empty());
 }
 
-/// The same with a fenced commit: `finish` settles the outcome with the
-/// store first, and the cleanup is told the truth.
+/// The same with a fenced commit: `finish` (or an explicit `settle`)
+/// settles the outcome with the store first, and the cleanup is told the
+/// truth.
 #[tokio::test(start_paused = true)]
 async fn a_dropped_fenced_commit_is_settled_with_the_store_before_cleanup() {
+    dropped_fenced_commit_is_settled(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn settle_reports_whether_a_dropped_fenced_commit_landed() {
+    dropped_fenced_commit_is_settled(true).await;
+}
+
+async fn dropped_fenced_commit_is_settled(settle_first: bool) {
     let s = setup();
     let mut guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
     s.store.put_blob("a.1");
@@ -377,6 +387,14 @@ async fn a_dropped_fenced_commit_is_settled_with_the_store_before_cleanup() {
     );
     assert_eq!(guard.phase(), Phase::InDoubt);
     let old_fence = guard.fence();
+    if settle_first {
+        assert_eq!(
+            guard.settle().await.unwrap(),
+            Phase::Committed,
+            "the store says it landed"
+        );
+        assert_eq!(guard.phase(), Phase::Committed);
+    }
     guard.finish().await.unwrap();
     assert_eq!(
         s.cleanup.calls()[0].1,

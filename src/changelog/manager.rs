@@ -398,6 +398,37 @@ where
         }
     }
 
+    /// Learns from the store whether a fenced commit whose outcome was in
+    /// doubt ([`Phase::InDoubt`]: the commit future was dropped, cut off at
+    /// the validity deadline, or the store failed while committing) landed,
+    /// and returns the phase: [`Phase::Committed`] or [`Phase::Applied`].
+    ///
+    /// It moves the entry to its next generation
+    /// ([`ChangeLog::advance`]), so a commit still in flight with the old
+    /// fence is refused by the store from then on: the answer cannot change
+    /// afterwards. Any other phase is returned as it is, and so is an
+    /// in-doubt commit that was not fenced, or whose entry is no longer ours
+    /// (recovery settles it then). [`finish`](Self::finish) settles by
+    /// itself; call this to report the outcome before finishing.
+    ///
+    /// # Errors
+    ///
+    /// The log's error; the phase stays [`Phase::InDoubt`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in effect: a dropped call may have moved the entry on,
+    /// leaving the phase in doubt; a later `settle` or `finish` then finds
+    /// the entry lost and leaves it to recovery.
+    pub async fn settle(&mut self) -> Result<Phase, ChangeLogError> {
+        if self.phase == Phase::InDoubt && self.fenced_commit {
+            if let Some(settled) = settle_in_store(&self.inner.log, &self.fence).await? {
+                self.phase = settled;
+            }
+        }
+        Ok(self.phase)
+    }
+
     fn check_before_commit<E>(&self) -> Result<(), CommitError<E>> {
         self.validity
             .check()
@@ -470,6 +501,31 @@ where
     }
 }
 
+/// Asks the store for the outcome of an in-doubt fenced commit by moving the
+/// entry to its next generation (so a commit still in flight with the old
+/// fence is refused from now on): `Some(Committed | Applied)`, or `None` if
+/// the entry is no longer ours.
+async fn settle_in_store<L: ChangeLog>(
+    log: &L,
+    fence: &Mutex<Fence>,
+) -> Result<Option<Phase>, ChangeLogError> {
+    let old = fence.lock().clone();
+    Ok(match log.advance(&old).await? {
+        Advanced::Held {
+            fence: new,
+            committed,
+        } => {
+            *fence.lock() = new;
+            Some(if committed {
+                Phase::Committed
+            } else {
+                Phase::Applied
+            })
+        }
+        Advanced::Lost => None,
+    })
+}
+
 /// What [`complete`] needs of a guard.
 struct Completion<L, P, C> {
     inner: Arc<Inner<L, C>>,
@@ -505,20 +561,9 @@ where
         }
     };
     if settle {
-        let old = fence.lock().clone();
-        match inner.log.advance(&old).await {
-            Ok(Advanced::Held {
-                fence: new,
-                committed,
-            }) => {
-                *fence.lock() = new;
-                phase = if committed {
-                    Phase::Committed
-                } else {
-                    Phase::Applied
-                };
-            }
-            Ok(Advanced::Lost) => {
+        match settle_in_store(&inner.log, &fence).await {
+            Ok(Some(settled)) => phase = settled,
+            Ok(None) => {
                 stop(heartbeat).await;
                 return Err(FinishError::Invalid(Invalid {
                     reason: InvalidReason::Fenced,
