@@ -586,6 +586,8 @@ fn reentrant_waker(state: &Arc<Reentrant>) -> Waker {
         RawWaker::new(data, &VTABLE)
     }
     unsafe fn wake(data: *const ()) {
+        // SAFETY: `wake` consumes the waker: act as `wake_by_ref`, then give
+        // back its count as `drop` does.
         unsafe {
             wake_by_ref(data);
             drop(data);

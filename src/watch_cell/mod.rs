@@ -750,7 +750,8 @@ impl<T> WatchCell<T> {
     ///
     /// The deadline is absolute: spurious wake-ups do not extend it. If a
     /// modification satisfies the predicate while the wait is timing out, the
-    /// wait succeeds.
+    /// wait succeeds (where `parking_lot`'s `Condvar::wait_until` would report
+    /// a timeout): a result that was produced for this waiter is never lost.
     ///
     /// # Errors
     ///
