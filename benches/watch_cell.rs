@@ -7,7 +7,13 @@
 //!   (baseline: watch);
 //! - fan-out: N waiters, each waiting for a distinct threshold, one writer
 //!   stepping through the thresholds: time per modification and wake-ups per
-//!   waiter (baseline: watch).
+//!   waiter (baseline: watch);
+//! - work queue: one slot, one producer putting messages one at a time, 10
+//!   consumers taking them: time per message and consumer wake-ups per
+//!   message. Blocking: `WatchCell::blocking_wait_take` vs `parking_lot`
+//!   Mutex + two Condvars with `notify_one` (baseline); async:
+//!   `WatchCell::wait_take` vs a Mutex + two `tokio::sync::Notify` with
+//!   `notify_one` (baseline).
 //!
 //! Run: `cargo bench --bench watch_cell`. Ratios are printed at the end.
 
@@ -414,11 +420,297 @@ fn print_wakeups_per_waiter() {
     }
 }
 
+// ------------------------------------------------------------ work queue ---
+
+const CONSUMERS: usize = 10;
+
+/// Per contender, over all iterations: consumer wake-ups, wake-ups that
+/// found the slot empty (another consumer got there first), and messages.
+type QueueTally = BTreeMap<&'static str, (u64, u64, u64)>;
+static QUEUE_WAKEUPS: Mutex<QueueTally> = Mutex::new(BTreeMap::new());
+
+fn record_queue(contender: &'static str, wakeups: u64, empty: u64, messages: u64) {
+    let mut map = QUEUE_WAKEUPS.lock();
+    let entry = map.entry(contender).or_default();
+    entry.0 += wakeups;
+    entry.1 += empty;
+    entry.2 += messages;
+}
+
+/// A one-slot queue for the `Condvar` and `Notify` peers.
+#[derive(Default)]
+struct Slot {
+    message: Option<u64>,
+    closed: bool,
+}
+
+/// Counts the times a future is polled again after returning `Pending`: the
+/// times its task was woken to resume it.
+async fn count_resumes<F: std::future::Future>(future: F, resumes: &mut u64) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut first = true;
+    std::future::poll_fn(|cx| {
+        if !first {
+            *resumes += 1;
+        }
+        first = false;
+        future.as_mut().poll(cx)
+    })
+    .await
+}
+
+fn work_queue_blocking(c: &mut Criterion) {
+    let mut group = c.benchmark_group("work_queue_blocking");
+
+    group.bench_function("watch_cell", |b| {
+        b.iter_custom(|messages| {
+            let slot = WatchCell::new(None::<u64>);
+            let wakeups = AtomicU64::new(0);
+            let elapsed = std::thread::scope(|s| {
+                for _ in 0..CONSUMERS {
+                    s.spawn(|| {
+                        let me = std::thread::current().id();
+                        let mut woken = 0;
+                        // A take made on another thread (a modifier's) is
+                        // the one wake-up of this wait; one made here is none.
+                        while slot
+                            .blocking_wait_take(|slot| {
+                                let message = slot.take()?;
+                                woken += u64::from(std::thread::current().id() != me);
+                                Some(message)
+                            })
+                            .is_ok()
+                        {}
+                        wakeups.fetch_add(woken, Ordering::Relaxed);
+                    });
+                }
+                let start = Instant::now();
+                for message in 0..messages {
+                    slot.blocking_wait_take(|slot| slot.is_none().then(|| *slot = Some(message)))
+                        .unwrap();
+                }
+                // Closing lets the consumers drain the last message first.
+                slot.close();
+                start
+            });
+            let elapsed = elapsed.elapsed();
+            // Its consumers are woken only with a message in hand.
+            record_queue("blocking/watch_cell", wakeups.into_inner(), 0, messages);
+            elapsed
+        })
+    });
+
+    group.bench_function("parking_lot", |b| {
+        b.iter_custom(|messages| {
+            let slot = Mutex::new(Slot::default());
+            let (not_empty, not_full) = (parking_lot::Condvar::new(), parking_lot::Condvar::new());
+            let (wakeups, empty) = (AtomicU64::new(0), AtomicU64::new(0));
+            let elapsed = std::thread::scope(|s| {
+                for _ in 0..CONSUMERS {
+                    s.spawn(|| {
+                        let (mut woken, mut found_empty) = (0, 0);
+                        let mut slot = slot.lock();
+                        loop {
+                            if let Some(_message) = slot.message.take() {
+                                not_full.notify_one();
+                            } else if slot.closed {
+                                break;
+                            } else {
+                                not_empty.wait(&mut slot);
+                                // A wake-up that finds the queue closed and
+                                // empty is shutdown, not work.
+                                woken += u64::from(slot.message.is_some() || !slot.closed);
+                                found_empty += u64::from(slot.message.is_none() && !slot.closed);
+                            }
+                        }
+                        wakeups.fetch_add(woken, Ordering::Relaxed);
+                        empty.fetch_add(found_empty, Ordering::Relaxed);
+                    });
+                }
+                let start = Instant::now();
+                for message in 0..messages {
+                    let mut slot = slot.lock();
+                    while slot.message.is_some() {
+                        not_full.wait(&mut slot);
+                    }
+                    slot.message = Some(message);
+                    not_empty.notify_one();
+                }
+                slot.lock().closed = true;
+                not_empty.notify_all();
+                start
+            });
+            let elapsed = elapsed.elapsed();
+            record_queue(
+                "blocking/parking_lot",
+                wakeups.into_inner(),
+                empty.into_inner(),
+                messages,
+            );
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+fn work_queue_async(c: &mut Criterion) {
+    let runtime = multi_thread_runtime();
+    let mut group = c.benchmark_group("work_queue_async");
+
+    group.bench_function("watch_cell", |b| {
+        b.to_async(&runtime).iter_custom(|messages| async move {
+            let slot = WatchCell::new(None::<u64>);
+            let wakeups = Arc::new(AtomicU64::new(0));
+            let consumers: Vec<_> = (0..CONSUMERS)
+                .map(|_| {
+                    let (slot, wakeups) = (slot.clone(), wakeups.clone());
+                    tokio::spawn(async move {
+                        let mut woken = 0;
+                        loop {
+                            let mut resumes = 0;
+                            let taken =
+                                count_resumes(slot.wait_take(Option::take), &mut resumes).await;
+                            if taken.is_err() {
+                                break;
+                            }
+                            woken += resumes;
+                        }
+                        wakeups.fetch_add(woken, Ordering::Relaxed);
+                    })
+                })
+                .collect();
+            let start = Instant::now();
+            for message in 0..messages {
+                slot.wait_take(move |slot| slot.is_none().then(|| *slot = Some(message)))
+                    .await
+                    .unwrap();
+            }
+            slot.close();
+            for consumer in consumers {
+                consumer.await.unwrap();
+            }
+            let elapsed = start.elapsed();
+            // Its consumers are woken only with a message in hand.
+            record_queue(
+                "async/watch_cell",
+                wakeups.load(Ordering::Relaxed),
+                0,
+                messages,
+            );
+            elapsed
+        })
+    });
+
+    group.bench_function("tokio_notify", |b| {
+        b.to_async(&runtime).iter_custom(|messages| async move {
+            let slot = Arc::new(Mutex::new(Slot::default()));
+            let not_empty = Arc::new(Notify::new());
+            let not_full = Arc::new(Notify::new());
+            let wakeups = Arc::new(AtomicU64::new(0));
+            let empty = Arc::new(AtomicU64::new(0));
+            let consumers: Vec<_> = (0..CONSUMERS)
+                .map(|_| {
+                    let (slot, not_empty, not_full) =
+                        (slot.clone(), not_empty.clone(), not_full.clone());
+                    let (wakeups, empty) = (wakeups.clone(), empty.clone());
+                    tokio::spawn(async move {
+                        let (mut woken, mut found_empty) = (0, 0);
+                        let mut resumed = false;
+                        loop {
+                            let (message, closed) = {
+                                let mut slot = slot.lock();
+                                (slot.message.take(), slot.closed)
+                            };
+                            // A wake-up that finds the queue closed and empty
+                            // is shutdown, not work.
+                            woken += u64::from(resumed && (message.is_some() || !closed));
+                            found_empty += u64::from(resumed && message.is_none() && !closed);
+                            resumed = false;
+                            if message.is_some() {
+                                not_full.notify_one();
+                                continue;
+                            }
+                            if closed {
+                                break;
+                            }
+                            // `notify_one` keeps a permit when nobody waits:
+                            // no wake-up is lost between the check and here.
+                            not_empty.notified().await;
+                            resumed = true;
+                        }
+                        wakeups.fetch_add(woken, Ordering::Relaxed);
+                        empty.fetch_add(found_empty, Ordering::Relaxed);
+                    })
+                })
+                .collect();
+            let start = Instant::now();
+            for message in 0..messages {
+                loop {
+                    {
+                        let mut slot = slot.lock();
+                        if slot.message.is_none() {
+                            slot.message = Some(message);
+                            break;
+                        }
+                    }
+                    not_full.notified().await;
+                }
+                not_empty.notify_one();
+            }
+            slot.lock().closed = true;
+            for _ in 0..CONSUMERS {
+                not_empty.notify_one();
+            }
+            for consumer in consumers {
+                consumer.await.unwrap();
+            }
+            let elapsed = start.elapsed();
+            record_queue(
+                "async/tokio_notify",
+                wakeups.load(Ordering::Relaxed),
+                empty.load(Ordering::Relaxed),
+                messages,
+            );
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+fn print_work_queue() {
+    println!(
+        "\n## work_queue: consumer wake-ups per message (target: 1.00 for watch_cell) and throughput"
+    );
+    println!("| mode | contender | wake-ups / message | of which found it empty | messages / s |");
+    println!("|---|---|---|---|---|");
+    let map = QUEUE_WAKEUPS.lock();
+    for (mode, contenders) in [
+        ("blocking", ["watch_cell", "parking_lot"]),
+        ("async", ["watch_cell", "tokio_notify"]),
+    ] {
+        for contender in contenders {
+            let key = format!("{mode}/{contender}");
+            let (per_message, empty) = match map.get(key.as_str()) {
+                Some((wakeups, empty, messages)) if *messages > 0 => (
+                    format!("{:.2}", *wakeups as f64 / *messages as f64),
+                    format!("{:.2}", *empty as f64 / *messages as f64),
+                ),
+                _ => ("not run".to_owned(), "not run".to_owned()),
+            };
+            let throughput = common::mean_ns(&format!("work_queue_{mode}"), contender)
+                .map_or_else(|| "not run".to_owned(), |ns| format!("{:.0}", 1e9 / ns));
+            println!("| {mode} | {contender} | {per_message} | {empty} | {throughput} |");
+        }
+    }
+}
+
 fn main() {
     let mut c = common::criterion();
     blocking_ping_pong(&mut c);
     async_ping_pong(&mut c);
     fan_out(&mut c);
+    work_queue_blocking(&mut c);
+    work_queue_async(&mut c);
     c.final_summary();
 
     common::print_ratios(
@@ -442,4 +734,17 @@ fn main() {
         "tokio_watch",
     );
     print_wakeups_per_waiter();
+    common::print_ratios(
+        "work_queue_blocking",
+        &[""],
+        &["watch_cell", "parking_lot"],
+        "parking_lot",
+    );
+    common::print_ratios(
+        "work_queue_async",
+        &[""],
+        &["watch_cell", "tokio_notify"],
+        "tokio_notify",
+    );
+    print_work_queue();
 }

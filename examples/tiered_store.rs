@@ -1,25 +1,37 @@
-//! A two-tier object store that survives `kill -9`: the crate's main
-//! demonstration of the write-ahead changelog and continuous recovery.
+//! A two-tier object store that survives `kill -9`, frozen processes and
+//! stepped clocks: the crate's main demonstration of the write-ahead
+//! changelog, fenced commits and continuous recovery.
 //!
-//! Each object lives in two tiers: a metadata row in SQLite
-//! (`metadata.db`: object -> blob name) and the blob itself, a file under
-//! `blobs/`. A write must never leave a blob that no metadata references
-//! (an orphan, leaked forever) nor metadata pointing to a missing blob (a
-//! dangling reference: data loss). Writers therefore:
+//! Each object lives in two tiers: a metadata row (object -> blob name) and
+//! the blob itself, a file under `blobs/`. A write must never leave a blob
+//! that no metadata references (an orphan, leaked forever) nor metadata
+//! pointing to a missing blob (a dangling reference: data loss). Writers
+//! therefore:
 //!
-//! 1. record `{object, new blob, old blob}` in the changelog
-//!    (`changelog.db`), durably, before touching anything — a
-//!    [`ChangeGuard`] whose heartbeat keeps the entry alive;
+//! 1. record `{object, new blob, old blob}` in the changelog, durably,
+//!    before touching anything — a [`ChangeGuard`] whose heartbeat keeps
+//!    the entry alive;
 //! 2. write the new blob file;
-//! 3. compare-and-swap the metadata row to the new blob, *only while the
-//!    guard's validity holds* (a writer whose heartbeat stalled past its
-//!    deadline is refused: recovery may already be deleting its blob);
+//! 3. compare-and-swap the metadata row to the new blob *through the
+//!    store's fence* ([`ChangeGuard::commit_fenced`]): the CAS runs in one
+//!    transaction with the check that the writer's changelog entry is still
+//!    its own, so the store refuses it once recovery has claimed the entry
+//!    (the guard's validity is only the early, cheap refusal);
 //! 4. clean up (delete whichever of the two blobs the metadata does not
-//!    reference) and remove the entry.
+//!    reference) and remove the entry. A commit whose outcome the writer
+//!    does not know (cut off at its validity deadline, or the store failed
+//!    while committing) is settled with the store first.
 //!
-//! Writers that crash leave their entry behind; it goes stale, and a
-//! [`RecoveryLoop`] in any process claims it — exactly one claimer per
-//! entry — and runs the same idempotent cleanup.
+//! The metadata tables live in the changelog's own database, so that the
+//! fence check and the CAS can be one transaction: `changelog.db` in the
+//! store directory (SQLite, one file), or the changelog's PostgreSQL schema
+//! with `--postgres`.
+//!
+//! Writers that crash or freeze leave their entry behind; a [`RecoveryLoop`]
+//! in any process sees its heartbeat stop, claims it — exactly one claimer
+//! per entry, which fences the writer out — and runs the same idempotent
+//! cleanup, reading the metadata from the store. Staleness is judged by each
+//! claimer on its own monotonic clock, never by comparing wall clocks.
 //!
 //! Run `cargo run --release --example tiered_store` for the demonstration:
 //! writer processes killed with SIGKILL at random points, stalled
@@ -30,20 +42,30 @@
 //! ```text
 //! tiered_store [demo] [--dir D] [--writers 3] [--kills 20] [--stall-every 25]
 //! tiered_store writer   --dir D [--objects 64] [--count N] [--stall-every N] [--seed S]
+//!                       [--write-ms N] [--announce-commits] [--gate-commits]
 //! tiered_store recovery --dir D [--until-empty] [--timeout-s 60] [--batch 50]
 //! tiered_store verify   --dir D
 //! ```
 //!
+//! For the fault tests: a writer stops between two writes on SIGTERM and
+//! prints `writer: committed=.. refused=.. conflicts=.. in_doubt=.. errors=..`;
+//! recovery stops on SIGTERM and prints `recovery: claimed=.. cleaned=..`.
+//! `--announce-commits` prints `commit-start entry=ID object=O blob=B` as a
+//! commit starts and `commit-outcome ... outcome=committed|refused|conflict|in_doubt`
+//! after it; `--gate-commits` prints `commit-ready entry=ID object=O` before
+//! each commit and waits for a line on stdin (so a test can take a lock the
+//! commit must wait on); `--write-ms N` makes each blob write N ms slower.
+//!
 //! Every subcommand also takes `--postgres URL [--pg-schema NAME]` (feature
-//! `postgres`): the changelog then lives in PostgreSQL (in schema `NAME`,
-//! default `tiered_store`) instead of `changelog.db`, as it would when the
-//! writers and recoverers run on several machines. The metadata table stays
-//! in SQLite next to the blob files: both tiers of this store are local
-//! files, and the changelog is the part that must be shared and judged on
-//! one clock. Each run over PostgreSQL should get its own schema (or an
-//! empty one), since `verify` counts every entry in it.
+//! `postgres`): the changelog and the metadata tables then live in
+//! PostgreSQL (in schema `NAME`, default `tiered_store`) instead of
+//! `changelog.db`, as they would when the writers and recoverers run on
+//! several machines (the blobs stay local files here). Each run over
+//! PostgreSQL should get its own schema (or an empty one), since `verify`
+//! counts every entry in it.
 //!
 //! [`ChangeGuard`]: leasehold::changelog::ChangeGuard
+//! [`ChangeGuard::commit_fenced`]: leasehold::changelog::ChangeGuard::commit_fenced
 //! [`RecoveryLoop`]: leasehold::recovery::RecoveryLoop
 
 use std::collections::{HashMap, HashSet};
@@ -57,24 +79,25 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "postgres")]
 use leasehold::changelog::PostgresChangeLog;
 use leasehold::changelog::{
-    BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup, CommitError,
-    DecodeError, EntryId, EntryInfo, EntryState, Fence, FieldReader, FieldWriter, OwnerId,
-    Ownership, Payload, Phase, Removal, SqliteChangeLog,
+    Advanced, BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup,
+    CommitError, DecodeError, EntryId, EntryInfo, EntryState, Fence, FencedCommitError,
+    FieldReader, FieldWriter, FinishError, OwnerId, Ownership, Payload, Phase, Removal,
+    SqliteChangeLog,
 };
-use leasehold::heartbeat::{HeartbeatConfig, Validity};
+use leasehold::heartbeat::HeartbeatConfig;
 use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
 use rand::Rng;
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// Entries go stale 1 s after their last refresh (on the store's clock).
+/// An entry goes stale once a claimer has seen its heartbeat unchanged for
+/// 1 s (on the claimer's own monotonic clock).
 const STALENESS: Duration = Duration::from_millis(1000);
 /// Writers refresh every 150 ms; ttl 3 × 150 = 450 ms, minus a 50 ms margin:
-/// a writer's validity ends at least 600 ms before its entry can be claimed.
+/// a writer whose heartbeat stalls stops committing (its validity) well
+/// before a claimer may call its entry stale; the store's fence covers the
+/// writer that pauses after that check.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(150);
 const HEARTBEAT_MARGIN: Duration = Duration::from_millis(50);
-/// A metadata CAS waits at most this long for the SQLite lock, so a commit
-/// started just before the validity deadline lands well inside that slack.
-const METADATA_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
 // ---------------------------------------------------------------- payload --
 
@@ -109,130 +132,361 @@ impl Payload for Intent {
 
 // ------------------------------------------------------------ the 2 tiers --
 
-/// The store directory: metadata database, blob files, changelog.
+/// The store: blob files under `blobs/`, and the metadata tables (`objects`,
+/// `counters`) in the changelog's own database — `changelog.db` in the
+/// store directory, or the changelog's PostgreSQL schema — so that a commit
+/// and the check that its changelog entry is still the writer's are one
+/// transaction.
 #[derive(Clone, Debug)]
 struct Store {
     dir: PathBuf,
-    metadata: Arc<Mutex<Connection>>,
+    log: StoreLog,
+    /// SQLite: our own connection to the changelog's file, for reads and
+    /// counters (commits go through the log's `commit_fenced`).
+    sqlite: Option<Arc<Mutex<Connection>>>,
 }
 
-impl Store {
-    fn open(dir: &Path) -> Result<Self, BoxError> {
-        std::fs::create_dir_all(dir.join("blobs"))?;
-        let conn = Connection::open(dir.join("metadata.db"))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS objects (
-                 name TEXT PRIMARY KEY,
-                 blob TEXT NOT NULL,
-                 version INTEGER NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS counters (
-                 name TEXT PRIMARY KEY,
-                 value INTEGER NOT NULL
-             );",
-        )?;
-        conn.busy_timeout(METADATA_BUSY_TIMEOUT)?;
-        Ok(Store {
-            dir: dir.to_owned(),
-            metadata: Arc::new(Mutex::new(conn)),
-        })
-    }
+/// The metadata CAS found the object changed since the writer read it.
+#[derive(Debug)]
+enum CasError {
+    Conflict,
+    Db(BoxError),
+}
 
-    /// The changelog `args` name: `changelog.db` in the store directory,
-    /// or PostgreSQL with `--postgres URL`.
-    async fn changelog(args: &Args) -> Result<StoreLog, BoxError> {
-        match args.get("postgres") {
-            None => Ok(StoreLog::Sqlite(
-                SqliteChangeLog::builder(args.dir()?.join("changelog.db"))
+impl std::fmt::Display for CasError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CasError::Conflict => f.write_str("conflict: the object changed since it was read"),
+            CasError::Db(error) => write!(f, "metadata: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for CasError {}
+
+const SQLITE_TABLES: &str = "CREATE TABLE IF NOT EXISTS objects (
+         name TEXT PRIMARY KEY,
+         blob TEXT NOT NULL,
+         version INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS counters (
+         name TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS commits (blob TEXT PRIMARY KEY);";
+
+impl Store {
+    /// Opens (creating if needed) the store `args` name: the changelog in
+    /// `changelog.db` in the store directory, or in PostgreSQL with
+    /// `--postgres URL`; the metadata tables beside it.
+    async fn open(args: &Args) -> Result<Self, BoxError> {
+        let dir = args.dir()?;
+        std::fs::create_dir_all(dir.join("blobs"))?;
+        let log = match args.get("postgres") {
+            None => StoreLog::Sqlite(
+                SqliteChangeLog::builder(dir.join("changelog.db"))
                     .staleness(STALENESS)
                     .open()
                     .await?,
-            )),
+            ),
             #[cfg(feature = "postgres")]
-            Some(url) => Ok(StoreLog::Postgres(
+            Some(url) => StoreLog::Postgres(
                 PostgresChangeLog::builder(url)
                     .schema(args.get("pg-schema").unwrap_or("tiered_store"))
                     .staleness(STALENESS)
                     .open()
                     .await?,
-            )),
+            ),
             #[cfg(not(feature = "postgres"))]
-            Some(_) => Err("--postgres needs the example built with `--features postgres`".into()),
-        }
+            Some(_) => {
+                return Err("--postgres needs the example built with `--features postgres`".into());
+            }
+        };
+        let sqlite = match &log {
+            StoreLog::Sqlite(log) => {
+                let path = log.path().to_owned();
+                let conn = tokio::task::spawn_blocking(move || {
+                    let conn = Connection::open(path)?;
+                    conn.busy_timeout(Duration::from_secs(5))?;
+                    conn.execute_batch(SQLITE_TABLES)?;
+                    Ok::<_, rusqlite::Error>(conn)
+                })
+                .await??;
+                Some(Arc::new(Mutex::new(conn)))
+            }
+            #[cfg(feature = "postgres")]
+            StoreLog::Postgres(log) => {
+                let mut client = log.client().await?;
+                let tx = client.transaction().await?;
+                // Serialized: concurrent CREATE TABLE IF NOT EXISTS can fail.
+                tx.batch_execute(&format!(
+                    "SELECT pg_advisory_xact_lock(7243190551);
+                     CREATE TABLE IF NOT EXISTS {objects} (
+                         name TEXT PRIMARY KEY,
+                         blob TEXT NOT NULL,
+                         version BIGINT NOT NULL
+                     );
+                     CREATE TABLE IF NOT EXISTS {counters} (
+                         name TEXT PRIMARY KEY,
+                         value BIGINT NOT NULL
+                     );
+                     CREATE TABLE IF NOT EXISTS {commits} (blob TEXT PRIMARY KEY);",
+                    objects = pg_table(log, "objects"),
+                    counters = pg_table(log, "counters"),
+                    commits = pg_table(log, "commits"),
+                ))
+                .await?;
+                tx.commit().await?;
+                None
+            }
+        };
+        Ok(Store { dir, log, sqlite })
     }
 
     fn blob_path(&self, blob: &str) -> PathBuf {
         self.dir.join("blobs").join(blob)
     }
 
-    /// Runs `f` on the metadata connection on the blocking pool.
-    async fn meta<T: Send + 'static>(
-        &self,
+    /// Runs `f` on our SQLite connection, on the blocking pool.
+    async fn sqlite<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, BoxError> {
-        let metadata = Arc::clone(&self.metadata);
-        let out = tokio::task::spawn_blocking(move || f(&metadata.lock().unwrap())).await?;
+        let conn = Arc::clone(conn);
+        let out = tokio::task::spawn_blocking(move || f(&conn.lock().unwrap())).await?;
         Ok(out?)
     }
 
+    /// The blob `object` references, read from the store.
     async fn current(&self, object: &str) -> Result<Option<String>, BoxError> {
         let object = object.to_owned();
-        self.meta(move |c| {
-            c.query_row("SELECT blob FROM objects WHERE name = ?1", [object], |r| {
-                r.get(0)
-            })
-            .optional()
-        })
-        .await
-    }
-
-    async fn bump(&self, counter: &'static str) {
-        // Best effort: a busy metadata lock only loses a statistic.
-        let _ = self
-            .meta(move |c| {
-                c.execute(
-                    "INSERT INTO counters (name, value) VALUES (?1, 1)
-                     ON CONFLICT (name) DO UPDATE SET value = value + 1",
-                    [counter],
-                )
-            })
-            .await;
-    }
-
-    /// The metadata compare-and-swap: `object` from `old` to `new`.
-    ///
-    /// The blocking statement cannot be cut off once it runs, so it checks
-    /// `validity` itself right before it starts; it then finishes within the
-    /// metadata busy timeout, far inside the slack between the writer's
-    /// deadline and the moment its entry can be claimed.
-    async fn cas(&self, intent: &Intent, validity: Validity) -> Result<(), BoxError> {
-        let intent = intent.clone();
-        let changed = self
-            .meta(move |c| {
-                if !validity.is_valid() {
-                    return Ok(0);
-                }
-                match &intent.old_blob {
-                    Some(old) => c.execute(
-                        "UPDATE objects SET blob = ?3, version = version + 1
-                     WHERE name = ?1 AND blob = ?2",
-                        params![intent.object, old, intent.new_blob],
-                    ),
-                    None => c.execute(
-                        "INSERT INTO objects (name, blob, version) VALUES (?1, ?2, 1)
-                     ON CONFLICT (name) DO NOTHING",
-                        params![intent.object, intent.new_blob],
-                    ),
-                }
-            })
-            .await?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err("conflict: the object changed since it was read".into())
+        match (&self.log, &self.sqlite) {
+            (StoreLog::Sqlite(_), Some(conn)) => {
+                Self::sqlite(conn, move |c| {
+                    c.query_row("SELECT blob FROM objects WHERE name = ?1", [object], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                })
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            (StoreLog::Postgres(log), _) => {
+                let client = log.client().await?;
+                let sql = format!(
+                    "SELECT blob FROM {} WHERE name = $1",
+                    pg_table(log, "objects")
+                );
+                let row = client.query_opt(&sql, &[&object]).await?;
+                Ok(row.map(|r| r.get(0)))
+            }
+            _ => unreachable!("SQLite stores have a connection"),
         }
+    }
+
+    /// Whether the commit that publishes `blob` landed (final once its
+    /// fence is dead: claimed, removed, or advanced by `finish`).
+    async fn landed(&self, blob: &str) -> Result<bool, BoxError> {
+        let blob = blob.to_owned();
+        match (&self.log, &self.sqlite) {
+            (StoreLog::Sqlite(_), Some(conn)) => {
+                Self::sqlite(conn, move |c| {
+                    c.prepare_cached("SELECT 1 FROM commits WHERE blob = ?1")?
+                        .exists([blob])
+                })
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            (StoreLog::Postgres(log), _) => {
+                let client = log.client().await?;
+                let sql = format!("SELECT 1 FROM {} WHERE blob = $1", pg_table(log, "commits"));
+                Ok(client.query_opt(&sql, &[&blob]).await?.is_some())
+            }
+            _ => unreachable!("SQLite stores have a connection"),
+        }
+    }
+
+    /// Adds 1 to `counter`. Retries while the store is busy (bounded): the
+    /// torture tests compare these counters with what the writers saw, so a
+    /// statistic must not be lost to a busy lock.
+    async fn bump(&self, counter: &'static str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let bumped: Result<(), BoxError> = match (&self.log, &self.sqlite) {
+                (StoreLog::Sqlite(_), Some(conn)) => {
+                    Self::sqlite(conn, move |c| {
+                        c.execute(
+                            "INSERT INTO counters (name, value) VALUES (?1, 1)
+                         ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                            [counter],
+                        )
+                        .map(drop)
+                    })
+                    .await
+                }
+                #[cfg(feature = "postgres")]
+                (StoreLog::Postgres(log), _) => {
+                    async {
+                        let client = log.client().await?;
+                        let table = pg_table(log, "counters");
+                        client
+                            .execute(
+                                &format!(
+                                    "INSERT INTO {table} (name, value) VALUES ($1, 1)
+                                 ON CONFLICT (name) DO UPDATE SET value = {table}.value + 1"
+                                ),
+                                &[&counter],
+                            )
+                            .await?;
+                        Ok(())
+                    }
+                    .await
+                }
+                _ => unreachable!("SQLite stores have a connection"),
+            };
+            match bumped {
+                Ok(()) => return,
+                Err(error) if Instant::now() > deadline => {
+                    eprintln!("tiered_store: counter {counter} not bumped: {error}");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Every object row, and every counter.
+    async fn snapshot(&self) -> Result<(Vec<(String, String, u64)>, Vec<(String, u64)>), BoxError> {
+        match (&self.log, &self.sqlite) {
+            (StoreLog::Sqlite(_), Some(conn)) => {
+                Self::sqlite(conn, |c| {
+                    let rows = c
+                        .prepare("SELECT name, blob, version FROM objects")?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<Result<_, _>>()?;
+                    let counters = c
+                        .prepare("SELECT name, value FROM counters")?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?;
+                    Ok((rows, counters))
+                })
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            (StoreLog::Postgres(log), _) => {
+                let client = log.client().await?;
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT name, blob, version FROM {}",
+                            pg_table(log, "objects")
+                        ),
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64))
+                    .collect();
+                let counters = client
+                    .query(
+                        &format!("SELECT name, value FROM {}", pg_table(log, "counters")),
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+                    .collect();
+                Ok((rows, counters))
+            }
+            _ => unreachable!("SQLite stores have a connection"),
+        }
+    }
+
+    /// The metadata compare-and-swap `object`: `old` -> `new`, committed
+    /// only if `fence` still owns the intent's changelog entry, checked by
+    /// the store in the same transaction.
+    async fn cas(&self, fence: Fence, intent: &Intent) -> Result<(), FencedCommitError<CasError>> {
+        let intent = intent.clone();
+        match &self.log {
+            StoreLog::Sqlite(log) => {
+                log.commit_fenced(&fence, move |tx| {
+                    let changed = match &intent.old_blob {
+                        Some(old) => tx.execute(
+                            "UPDATE objects SET blob = ?3, version = version + 1
+                             WHERE name = ?1 AND blob = ?2",
+                            params![intent.object, old, intent.new_blob],
+                        ),
+                        None => tx.execute(
+                            "INSERT INTO objects (name, blob, version) VALUES (?1, ?2, 1)
+                             ON CONFLICT (name) DO NOTHING",
+                            params![intent.object, intent.new_blob],
+                        ),
+                    }
+                    .map_err(|e| CasError::Db(e.into()))?;
+                    if changed != 1 {
+                        return Err(CasError::Conflict);
+                    }
+                    // Which commits landed, in the same transaction: how a
+                    // writer settles a commit it is in doubt about.
+                    tx.execute("INSERT INTO commits (blob) VALUES (?1)", [&intent.new_blob])
+                        .map_err(|e| CasError::Db(e.into()))?;
+                    Ok(())
+                })
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            StoreLog::Postgres(log) => {
+                let objects = pg_table(log, "objects");
+                let commits = pg_table(log, "commits");
+                log.commit_fenced(&fence, move |tx| {
+                    Box::pin(async move {
+                        let changed = match &intent.old_blob {
+                            Some(old) => {
+                                tx.execute(
+                                    &format!(
+                                        "UPDATE {objects} SET blob = $3, version = version + 1
+                                         WHERE name = $1 AND blob = $2"
+                                    ),
+                                    &[&intent.object, old, &intent.new_blob],
+                                )
+                                .await
+                            }
+                            None => {
+                                tx.execute(
+                                    &format!(
+                                        "INSERT INTO {objects} (name, blob, version) VALUES ($1, $2, 1)
+                                         ON CONFLICT (name) DO NOTHING"
+                                    ),
+                                    &[&intent.object, &intent.new_blob],
+                                )
+                                .await
+                            }
+                        }
+                        .map_err(|e| CasError::Db(e.into()))?;
+                        if changed != 1 {
+                            return Err(CasError::Conflict);
+                        }
+                        tx.execute(
+                            &format!("INSERT INTO {commits} (blob) VALUES ($1)"),
+                            &[&intent.new_blob],
+                        )
+                        .await
+                        .map_err(|e| CasError::Db(e.into()))?;
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// `name` in the changelog's schema.
+#[cfg(feature = "postgres")]
+fn pg_table(log: &PostgresChangeLog, name: &str) -> String {
+    match log.schema() {
+        Some(schema) => format!("\"{schema}\".{name}"),
+        None => name.to_owned(),
     }
 }
 
@@ -240,9 +494,14 @@ impl Store {
 /// blob of the intent that the metadata does not reference.
 ///
 /// Why it is safe: blob names are unique per write, and only the write that
-/// created a blob ever commits a reference to it — while its validity
-/// holds, which ends before the store lets anyone claim its entry. So once a
-/// cleanup sees a blob unreferenced, it stays unreferenced.
+/// created a blob ever commits a reference to it, in a transaction in which
+/// the store checks that the write's changelog entry is still the writer's
+/// (`commit_fenced`). A recoverer runs this cleanup only on an entry it has
+/// claimed, and the claim moves the entry to a new owner: from then on the
+/// store refuses the writer's commit, however late it arrives (a process
+/// frozen mid-commit, a clock stepped). So the cleanup reads the metadata
+/// from the store — whether the commit landed or not, in doubt or not — and
+/// once it sees a blob unreferenced, it stays unreferenced.
 #[derive(Clone, Debug)]
 struct TieredCleanup {
     store: Store,
@@ -325,6 +584,12 @@ impl ChangeLog for StoreLog {
     async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
         forward!(self, log => log.quarantine(fence, reason).await)
     }
+    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
+        forward!(self, log => log.advance(fence).await)
+    }
+    fn next_stale_in(&self) -> Option<Duration> {
+        forward!(self, log => log.next_stale_in())
+    }
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
         forward!(self, log => log.get(id).await)
     }
@@ -369,6 +634,9 @@ impl ChangeLog for StallableLog {
     async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
         self.inner.quarantine(fence, reason).await
     }
+    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
+        self.inner.advance(fence).await
+    }
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
         self.inner.get(id).await
     }
@@ -377,14 +645,64 @@ impl ChangeLog for StallableLog {
     }
 }
 
+/// How a writer's commits went, printed as its last line (`writer: ...`)
+/// when it stops by itself (`--count`) or on SIGTERM.
+#[derive(Debug, Default)]
+struct WriterTally {
+    committed: u64,
+    refused: u64,
+    conflicts: u64,
+    in_doubt: u64,
+    errors: u64,
+}
+
+/// How one commit went, as the writer counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Committed,
+    Refused,
+    Conflict,
+    InDoubt,
+    Error,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::Refused => "refused",
+            Outcome::Conflict => "conflict",
+            Outcome::InDoubt => "in_doubt",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The writer's commit, as announced with `--announce-commits`.
+fn announce(args: &Args, what: &str, guard_id: EntryId, intent: &Intent) -> Option<String> {
+    args.flag("announce-commits").then(|| {
+        format!(
+            "{what} entry={} object={} blob={}",
+            guard_id.get(),
+            intent.object,
+            intent.new_blob
+        )
+    })
+}
+
 async fn run_writer(args: &Args) -> Result<(), BoxError> {
-    let dir = args.dir()?;
     let objects: u64 = args.num("objects", 64);
     let count: u64 = args.num("count", u64::MAX);
     let stall_every: u64 = args.num("stall-every", 0);
-    let store = Store::open(&dir)?;
+    // `--gate-commits`: before each commit, announce `commit-ready` and wait
+    // for a line on stdin (a test takes a lock the commit must wait on).
+    let gate = args.flag("gate-commits");
+    // `--write-ms N`: the blob write takes N ms more (a slow upload), so each
+    // entry stays in flight, heartbeating, for at least that long.
+    let write_time = Duration::from_millis(args.num("write-ms", 0));
+    let store = Store::open(args).await?;
     let log = StallableLog {
-        inner: Store::changelog(args).await?,
+        inner: store.log.clone(),
         stalled: Arc::new(AtomicBool::new(false)),
     };
     let heartbeat = HeartbeatConfig::builder(HEARTBEAT_INTERVAL)
@@ -396,49 +714,148 @@ async fn run_writer(args: &Args) -> Result<(), BoxError> {
     };
     let owner = OwnerId::unique("writer");
     let manager = ChangeManager::new(log.clone(), owner, heartbeat, cleanup)?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tally = WriterTally::default();
     let mut rng = rand::rng();
     let pid = std::process::id();
     for n in 0..count {
+        // SIGTERM stops the writer between two writes, never inside one.
+        if futures::FutureExt::now_or_never(sigterm.recv()).is_some() {
+            break;
+        }
         let object = format!("object-{:03}", rng.random_range(0..objects));
+        let old_blob = match store.current(&object).await {
+            Ok(blob) => blob,
+            Err(error) => {
+                // A busy store (a frozen process holds its lock): try again.
+                eprintln!("tiered_store writer: reading {object}: {error}");
+                tally.errors += 1;
+                continue;
+            }
+        };
         let intent = Intent {
-            old_blob: store.current(&object).await?,
+            old_blob,
             new_blob: format!("{object}.{pid}.{n}.{:08x}", rng.random::<u32>()),
             object,
         };
         // 1. Record the intent durably, before any side effect.
-        let mut guard = manager.record(intent.clone()).await?;
+        let mut guard = match manager.record(intent.clone()).await {
+            Ok(guard) => guard,
+            Err(error) if error.is_transient() => {
+                eprintln!("tiered_store writer: record: {error}");
+                tally.errors += 1;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         // 2. Write the blob.
         tokio::fs::write(store.blob_path(&intent.new_blob), intent.encode()).await?;
         guard.mark_applied();
+        if !write_time.is_zero() {
+            tokio::time::sleep(write_time).await;
+        }
         // Injected stall: the heartbeat hangs until the deadline passes.
         if stall_every > 0 && rng.random_range(0..stall_every) == 0 {
             log.stalled.store(true, Ordering::SeqCst);
             guard.validity().invalidated().await;
             store.bump("stalls").await;
         }
-        // 3. Commit only while the entry is ours.
-        let validity = guard.validity().clone();
-        match guard.commit(store.cas(&intent, validity)).await {
-            Ok(()) => {}
-            Err(CommitError::Invalid { .. }) => store.bump("commits_refused").await,
-            Err(CommitError::Rejected(_)) => store.bump("cas_conflicts").await,
-            Err(other) => return Err(other.to_string().into()),
+        let id = guard.fence().id();
+        if gate {
+            println!("commit-ready entry={} object={}", id.get(), intent.object);
+            // On the blocking pool: the heartbeat keeps running meanwhile.
+            let read = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|n| n > 0)
+            });
+            if !read.await?? {
+                return Err("--gate-commits: stdin closed".into());
+            }
         }
+        // 3. Commit through the store's fence: the CAS lands only if the
+        //    entry is still ours, checked in the CAS's own transaction.
+        let start = announce(args, "commit-start", id, &intent);
+        let committed = guard
+            .commit_fenced(|fence| {
+                if let Some(line) = start {
+                    println!("{line}");
+                }
+                store.cas(fence.clone(), &intent)
+            })
+            .await;
+        let mut outcome = match committed {
+            Ok(()) => Outcome::Committed,
+            // Refused before it started (validity) or by the store (fence):
+            // nothing was committed.
+            Err(
+                CommitError::Invalid {
+                    in_flight: false, ..
+                }
+                | CommitError::Fenced,
+            ) => Outcome::Refused,
+            Err(CommitError::Rejected(CasError::Conflict)) => Outcome::Conflict,
+            // Cut off at the deadline, or the store failed while committing:
+            // it may have landed.
+            Err(
+                CommitError::Invalid {
+                    in_flight: true, ..
+                }
+                | CommitError::InDoubt(_),
+            ) => Outcome::InDoubt,
+            // Nothing committed (a busy store, a failed statement): the
+            // entry is still ours, `finish` cleans up.
+            Err(other) => {
+                eprintln!("tiered_store writer: commit: {other}");
+                Outcome::Error
+            }
+        };
         log.stalled.store(false, Ordering::SeqCst);
         // 4. Clean up and remove; an invalid guard leaves it to recovery.
-        let _ = guard.finish().await;
+        //    An in-doubt commit is settled first: `finish` moves the entry to
+        //    its next generation (or finds it claimed), after which the store
+        //    refuses the old fence, so whether the commit landed is final.
+        let finished = guard.finish().await;
+        if outcome == Outcome::InDoubt && !matches!(finished, Err(FinishError::Log(_))) {
+            match store.landed(&intent.new_blob).await {
+                Ok(true) => outcome = Outcome::Committed,
+                Ok(false) => outcome = Outcome::Refused,
+                Err(error) => eprintln!("tiered_store writer: settling a commit: {error}"),
+            }
+        }
+        match outcome {
+            Outcome::Committed => tally.committed += 1,
+            Outcome::Refused => {
+                tally.refused += 1;
+                store.bump("commits_refused").await;
+            }
+            Outcome::Conflict => {
+                tally.conflicts += 1;
+                store.bump("cas_conflicts").await;
+            }
+            Outcome::InDoubt => {
+                tally.in_doubt += 1;
+                store.bump("commits_in_doubt").await;
+            }
+            Outcome::Error => tally.errors += 1,
+        }
+        if let Some(line) = announce(args, "commit-outcome", id, &intent) {
+            println!("{line} outcome={}", outcome.name());
+        }
     }
+    println!(
+        "writer: committed={} refused={} conflicts={} in_doubt={} errors={}",
+        tally.committed, tally.refused, tally.conflicts, tally.in_doubt, tally.errors
+    );
     Ok(())
 }
 
 // --------------------------------------------------------------- recovery --
 
 async fn run_recovery(args: &Args) -> Result<(), BoxError> {
-    let dir = args.dir()?;
     let until_empty = args.flag("until-empty");
     let timeout = Duration::from_secs(args.num("timeout-s", 120));
-    let store = Store::open(&dir)?;
-    let log = Arc::new(Store::changelog(args).await?);
+    let store = Store::open(args).await?;
+    let log = Arc::new(store.log.clone());
     let cleanup = TieredCleanup {
         store,
         counter: Some("recovery_cleanups"),
@@ -454,8 +871,13 @@ async fn run_recovery(args: &Args) -> Result<(), BoxError> {
         config,
     )?;
     let started = Instant::now();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // SIGTERM: stop and report the counters.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = sigterm.recv() => break,
+        }
         if until_empty {
             let active = log
                 .list()
@@ -496,22 +918,9 @@ struct Report {
 
 async fn verify(args: &Args) -> Result<Report, BoxError> {
     let dir = &args.dir()?;
-    let store = Store::open(dir)?;
-    let log = Store::changelog(args).await?;
-    let rows: Vec<(String, String, u64)> = store
-        .meta(|c| {
-            c.prepare("SELECT name, blob, version FROM objects")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect()
-        })
-        .await?;
-    let counters: Vec<(String, u64)> = store
-        .meta(|c| {
-            c.prepare("SELECT name, value FROM counters")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
-        .await?;
+    let store = Store::open(args).await?;
+    let log = &store.log;
+    let (rows, counters) = store.snapshot().await?;
     let mut files = HashSet::new();
     for entry in std::fs::read_dir(dir.join("blobs"))? {
         files.insert(entry?.file_name().to_string_lossy().into_owned());
@@ -556,7 +965,7 @@ impl Report {
     fn machine_line(&self) -> String {
         format!(
             "verify: objects={} writes={} blobs={} orphans={} dangling={} changelog={} quarantined={} \
-             stalls={} commits_refused={} cas_conflicts={} recovery_cleanups={}",
+             stalls={} commits_refused={} commits_in_doubt={} cas_conflicts={} recovery_cleanups={}",
             self.objects,
             self.writes,
             self.blobs,
@@ -566,6 +975,7 @@ impl Report {
             self.quarantined,
             self.counter("stalls"),
             self.counter("commits_refused"),
+            self.counter("commits_in_doubt"),
             self.counter("cas_conflicts"),
             self.counter("recovery_cleanups"),
         )
@@ -613,10 +1023,10 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
     let writers: usize = args.num("writers", 3);
     let kills_wanted: u64 = args.num("kills", 20);
     let stall_every = args.num::<u64>("stall-every", 25).to_string();
-    let store = Store::open(&dir)?;
-    let log = Arc::new(Store::changelog(args).await?);
+    let store = Store::open(args).await?;
+    let log = Arc::new(store.log.clone());
     println!(
-        "tiered_store: a metadata table in SQLite + blobs as files, in {}; changelog in {}",
+        "tiered_store: blobs as files in {}; the changelog and the metadata table in {}",
         dir.display(),
         log.describe()
     );
@@ -701,7 +1111,7 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
         report.counter("stalls")
     );
     println!(
-        "commits refused (invalid):     {}",
+        "commits refused:               {}",
         report.counter("commits_refused")
     );
     println!("entries recovered:             {}", stats.cleaned);

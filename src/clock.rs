@@ -6,7 +6,7 @@
 //!
 //! | clock | `now()` | `sleep_until` | use it for |
 //! |---|---|---|---|
-//! | [`SystemClock`] | tokio's monotonic clock | `tokio::time::sleep_until` | production, and tests with tokio's paused time |
+//! | [`SystemClock`] | tokio's monotonic clock, plus time spent suspended | `tokio::time::sleep_until` | production, and tests with tokio's paused time |
 //! | [`ManualClock`] | moves only on [`ManualClock::advance`] | wakes when advanced past the deadline | deterministic tests, no runtime timer needed |
 //!
 //! # Examples
@@ -71,21 +71,79 @@ pub fn system() -> Arc<dyn Clock> {
 }
 
 /// The real monotonic clock, read through tokio so that it follows tokio's
-/// paused time (`#[tokio::test(start_paused = true)]`) in tests.
+/// paused time (`#[tokio::test(start_paused = true)]`) in tests, and
+/// **counting time the machine spent suspended**.
 ///
-/// `now()` works anywhere; outside a tokio runtime it is `Instant::now()`.
-/// `sleep_until` must be polled inside a tokio runtime with the time driver
-/// enabled.
+/// `std::time::Instant` (`CLOCK_MONOTONIC` on Linux) stops while the machine
+/// is suspended, so a deadline measured on it would still lie ahead after a
+/// suspend that made every other machine give up on this one. On Linux,
+/// `now()` adds the time spent suspended since the process first read the
+/// clock (`CLOCK_BOOTTIME - CLOCK_MONOTONIC`, in whole milliseconds), so a
+/// suspended writer's validity has expired when it wakes up. Elsewhere it is
+/// tokio's monotonic clock alone.
+///
+/// `now()` works anywhere; outside a tokio runtime it is `Instant::now()`
+/// plus the suspended time. `sleep_until` must be polled inside a tokio
+/// runtime with the time driver enabled; a suspend that happens *during* a
+/// sleep lengthens that sleep (the timer does not count it), which only ever
+/// makes a tick late, never a deadline early.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
+        tokio::time::Instant::now().into_std() + suspended::total()
     }
 
     fn sleep_until(&self, deadline: Instant) -> Sleep {
+        let deadline = deadline.checked_sub(suspended::total()).unwrap_or(deadline);
         Box::pin(tokio::time::sleep_until(deadline.into()))
+    }
+}
+
+/// Time spent suspended since this process first asked.
+mod suspended {
+    use std::time::Duration;
+
+    #[cfg(all(target_os = "linux", not(miri)))]
+    pub(super) fn total() -> Duration {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        /// `BOOTTIME - MONOTONIC` at the first call, in nanoseconds.
+        static BASE: OnceLock<i128> = OnceLock::new();
+        /// The largest suspended total returned so far, in milliseconds:
+        /// `now()` must never go backwards, even if two reads jitter.
+        static SEEN_MS: AtomicU64 = AtomicU64::new(0);
+
+        let gap = boottime_minus_monotonic();
+        let base = *BASE.get_or_init(|| gap);
+        // Whole milliseconds only: the two reads are not simultaneous, and
+        // their sub-millisecond jitter must not show up as suspended time.
+        let ms = u64::try_from((gap - base).max(0) / 1_000_000).unwrap_or(u64::MAX);
+        let ms = SEEN_MS.fetch_max(ms, Ordering::Relaxed).max(ms);
+        Duration::from_millis(ms)
+    }
+
+    #[cfg(not(all(target_os = "linux", not(miri))))]
+    pub(super) fn total() -> Duration {
+        Duration::ZERO
+    }
+
+    #[cfg(all(target_os = "linux", not(miri)))]
+    fn boottime_minus_monotonic() -> i128 {
+        fn read(clock: libc::clockid_t) -> i128 {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid, writable timespec; both clock ids exist
+            // on every Linux this crate supports (2.6.39+).
+            let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+            assert_eq!(rc, 0, "clock_gettime({clock}) failed");
+            i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+        }
+        read(libc::CLOCK_BOOTTIME) - read(libc::CLOCK_MONOTONIC)
     }
 }
 

@@ -11,11 +11,11 @@
 //!
 //! | primitive | pick it for |
 //! |---|---|
-//! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds |
+//! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds; `wait_take` hands each item of a work queue to exactly one waiter |
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
 //! | [`lease::Lease`] | a reader's since frontier and seqno holds on a shard: the handle only records downgrades and seqno leases (waking nobody); a background task heartbeats, syncs on request, and expires the lease after a drop |
-//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`], `changelog::PostgresChangeLog` (feature `postgres`, several machines) | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, staleness judged on the store's clock |
+//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`], `changelog::PostgresChangeLog` (feature `postgres`, several machines) | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, commits fenced in the store (`commit_fenced`), staleness judged without wall clocks |
 //! | [`changelog::ChangeManager`], [`changelog::ChangeGuard`] | one writer operation across stores: record, heartbeat, commit only while the entry is still yours, clean up while valid, else leave it to recovery |
 //! | [`recovery::RecoveryLoop`] | continuous crash recovery: claim stale entries in batches, keep each alive until processed, run the idempotent cleanup, quarantine poison entries; backoff, shutdown |
 //! | [`recovery::RecoveryScan`] | a long recovery scan over an ordered key space: concurrent syncs with jittered retries, a checkpoint that never passes unfinished work, resumed only when the scope is unchanged |
@@ -140,8 +140,9 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let log = Arc::new(MemoryChangeLog::new(leasehold::clock::system(), Duration::from_secs(30)));
-//! let heartbeat = HeartbeatConfig::builder(Duration::from_secs(10)).build()?; // ttl 30 s
+//! let log = Arc::new(MemoryChangeLog::new(leasehold::clock::system(), Duration::from_secs(40)));
+//! // ttl 30 s, plus one 10 s interval of slack before the 40 s staleness.
+//! let heartbeat = HeartbeatConfig::builder(Duration::from_secs(10)).build()?;
 //! let writer = ChangeManager::new(Arc::clone(&log), OwnerId::unique("writer"), heartbeat, DeleteUpload)?;
 //!
 //! let guard = writer.record("blob-7".to_string()).await?;
@@ -153,7 +154,7 @@
 //!     DeleteUpload,
 //!     RecoveryConfig::builder().build()?,
 //! )?;
-//! recovery.wait_for_stats(|s| s.cleaned == 1).await; // 30 s later, on paused time
+//! recovery.wait_for_stats(|s| s.cleaned == 1).await; // 40 s later, on paused time
 //! recovery.shutdown().await;
 //! assert!(log.list().await?.is_empty());
 //! # Ok(()) }

@@ -172,16 +172,23 @@ impl Tables {
     ///
     /// Returns [`PgFailure::SchemaTooNew`] if the store was written by a
     /// newer version of the crate.
+    ///
+    /// `upgrades[i]` moves the tables from version `i + 1` to `i + 2`; the
+    /// needed ones run in order, in the same transaction and lock.
     pub(crate) async fn ensure(
         &self,
         pool: &Pool,
         component: &str,
         version: i64,
         ddl: &str,
+        upgrades: &[String],
     ) -> Result<(), PgFailure> {
         let mut client = pool.get().await.map_err(PgFailure::from_pool)?;
         let tx = client.transaction().await.map_err(PgFailure::from)?;
-        match self.create_or_check(&tx, component, version, ddl).await {
+        match self
+            .create_or_check(&tx, component, version, ddl, upgrades)
+            .await
+        {
             Ok(()) => Ok(tx.commit().await?),
             Err(failure) => {
                 // Roll back now, not when the dropped transaction's ROLLBACK
@@ -199,6 +206,7 @@ impl Tables {
         component: &str,
         version: i64,
         ddl: &str,
+        upgrades: &[String],
     ) -> Result<(), PgFailure> {
         // Serialize concurrent creators: `CREATE ... IF NOT EXISTS` alone
         // races (two creators can both miss the catalog row and one fails
@@ -235,8 +243,17 @@ impl Tables {
                     supported: version,
                 });
             }
-            // Version 1 is the only one so far; a migration from an older
-            // version would run here, inside the same lock.
+            Some(found) if found < version => {
+                let from = usize::try_from(found - 1).unwrap_or(0);
+                for upgrade in upgrades.iter().skip(from) {
+                    tx.batch_execute(upgrade).await?;
+                }
+                tx.execute(
+                    &format!("UPDATE {versions} SET version = $2 WHERE component = $1"),
+                    &[&component, &version],
+                )
+                .await?;
+            }
             Some(_) => {}
             None => {
                 tx.batch_execute(ddl).await?;
@@ -312,10 +329,4 @@ impl fmt::Display for PgFailure {
             ),
         }
     }
-}
-
-/// Milliseconds as the `bigint` the SQL takes, or a configuration error.
-pub(crate) fn millis(duration: Duration, what: &str) -> Result<i64, PgFailure> {
-    i64::try_from(duration.as_millis())
-        .map_err(|_| PgFailure::Config(format!("{what} {duration:?} is out of range")))
 }

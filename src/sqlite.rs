@@ -26,6 +26,10 @@ pub(crate) struct Schema {
     pub(crate) version: i64,
     /// Statements creating the component's tables at `version`.
     pub(crate) create: &'static str,
+    /// `upgrades[i]` moves the component's tables from version `i + 1` to
+    /// `i + 2`; run in order, under the write lock, in the opening
+    /// transaction.
+    pub(crate) upgrades: &'static [&'static str],
 }
 
 /// Why a database could not be opened for a component.
@@ -114,6 +118,16 @@ fn init(conn: &mut Connection, synchronous: Synchronous, schema: &Schema) -> Res
                 found,
                 supported: schema.version,
             });
+        }
+        Some(found) if found < schema.version => {
+            let from = usize::try_from(found - 1).unwrap_or(0);
+            for upgrade in schema.upgrades.iter().skip(from) {
+                tx.execute_batch(upgrade)?;
+            }
+            tx.execute(
+                "UPDATE leasehold_schema SET version = ?2 WHERE component = ?1",
+                params![schema.component, schema.version],
+            )?;
         }
         Some(_) => {}
         None => {

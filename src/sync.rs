@@ -68,6 +68,9 @@ mod imp {
     pub(crate) fn park_timeout(timeout: std::time::Duration) {
         std::thread::park_timeout(timeout);
     }
+
+    /// Spends one unit of tokio's task budget (a no-op outside a runtime).
+    pub(crate) use tokio::task::coop::poll_proceed;
 }
 
 #[cfg(loom)]
@@ -79,24 +82,97 @@ mod imp {
     pub(crate) use loom::thread::{Thread, current, park};
     pub(crate) use std::time::Instant;
 
+    /// A non-poisoning mutex, as `parking_lot`'s is. Loom's own `Mutex`
+    /// wraps a std mutex and unwraps its poisoning on every `lock`, so a
+    /// predicate that panics under the lock (its panic is meant to resume on
+    /// the waiter's thread, with the cell still usable) would fail the model
+    /// where `parking_lot` carries on.
+    ///
+    /// This one is built from a loom `Mutex<bool>` ("held") and a `Condvar`,
+    /// whose guard is held only inside `lock` and the guard's `drop`, never
+    /// while a caller's code runs, so it is never poisoned (a guard taken
+    /// while already unwinding does not poison either). Loom sees the
+    /// acquire/release of its mutex, and the data sits in a loom
+    /// `UnsafeCell`, so loom still checks that every access is under the lock.
     #[derive(Debug)]
-    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+    pub(crate) struct Mutex<T> {
+        held: loom::sync::Mutex<bool>,
+        released: loom::sync::Condvar,
+        data: UnsafeCell<T>,
+    }
 
-    pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+    // SAFETY: the lock hands out `&mut T` to one thread at a time, as
+    // `std::sync::Mutex` does.
+    unsafe impl<T: Send> Send for Mutex<T> {}
+    // SAFETY: as above.
+    unsafe impl<T: Send> Sync for Mutex<T> {}
+
+    /// Holds the lock; dereferences to the data.
+    pub(crate) struct MutexGuard<'a, T> {
+        mutex: &'a Mutex<T>,
+        /// Loom's record of this exclusive access; dropped before unlocking.
+        data: Option<loom::cell::MutPtr<T>>,
+    }
 
     impl<T> Mutex<T> {
         pub(crate) fn new(value: T) -> Self {
-            Self(loom::sync::Mutex::new(value))
+            Self {
+                held: loom::sync::Mutex::new(false),
+                released: loom::sync::Condvar::new(),
+                data: UnsafeCell::new(value),
+            }
         }
 
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            // Closures that panic are caught before they unwind through a guard,
-            // so poisoning never happens in the models.
-            self.0.lock().unwrap_or_else(|e| e.into_inner())
+            let mut held = self.held.lock().expect("never poisoned");
+            while *held {
+                held = self.released.wait(held).expect("never poisoned");
+            }
+            *held = true;
+            drop(held);
+            self.guard()
         }
 
         pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-            self.0.try_lock().ok()
+            let mut held = self.held.lock().expect("never poisoned");
+            if *held {
+                return None;
+            }
+            *held = true;
+            drop(held);
+            Some(self.guard())
+        }
+
+        fn guard(&self) -> MutexGuard<'_, T> {
+            MutexGuard {
+                mutex: self,
+                data: Some(self.data.get_mut()),
+            }
+        }
+    }
+
+    impl<T> std::ops::Deref for MutexGuard<'_, T> {
+        type Target = T;
+
+        fn deref(&self) -> &T {
+            // SAFETY: the guard holds the lock, so this is the only access.
+            unsafe { self.data.as_ref().expect("guard holds the lock").deref() }
+        }
+    }
+
+    impl<T> std::ops::DerefMut for MutexGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            // SAFETY: as in `deref`, and `&mut self` makes it exclusive.
+            unsafe { self.data.as_ref().expect("guard holds the lock").deref() }
+        }
+    }
+
+    impl<T> Drop for MutexGuard<'_, T> {
+        /// Unlocks, also while unwinding: no poisoning.
+        fn drop(&mut self) {
+            self.data = None;
+            *self.mutex.held.lock().expect("never poisoned") = false;
+            self.mutex.released.notify_one();
         }
     }
 
@@ -104,6 +180,18 @@ mod imp {
         fn default() -> Self {
             Self::new(T::default())
         }
+    }
+
+    /// Tokio's task budget is not modelled: every poll may proceed.
+    pub(crate) fn poll_proceed(_cx: &mut std::task::Context<'_>) -> std::task::Poll<Unbudgeted> {
+        std::task::Poll::Ready(Unbudgeted)
+    }
+
+    /// What [`poll_proceed`] hands back under loom.
+    pub(crate) struct Unbudgeted;
+
+    impl Unbudgeted {
+        pub(crate) fn made_progress(&self) {}
     }
 
     loom::lazy_static! {

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold::changelog::{
-    ChangeLog, ChangeManager, CommitError, EntryState, FinishError, ManagerConfigError,
-    MemoryChangeLog, OwnerId, Phase, Removal,
+    ChangeLog, ChangeManager, CommitError, EntryState, FencedCommitError, FinishError,
+    ManagerConfigError, MemoryChangeLog, OwnerId, Phase, Removal,
 };
 use leasehold::clock;
 use leasehold::heartbeat::{HeartbeatConfig, InvalidReason};
 use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
 use support::{FaultyLog, Intent, TwoTier, TwoTierCleanup};
 
-const STALENESS: Duration = Duration::from_secs(30);
-const INTERVAL: Duration = Duration::from_secs(10); // ttl 30 s
+const STALENESS: Duration = Duration::from_secs(40);
+const INTERVAL: Duration = Duration::from_secs(10); // ttl 30 s, + 10 s of slack
 
 fn intent(object: &str, new: &str, old: Option<&str>) -> Intent {
     Intent {
@@ -55,24 +55,47 @@ fn setup() -> Setup {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_heartbeat_ttl_above_the_staleness_threshold_is_rejected() {
-    let log = MemoryChangeLog::new(clock::system(), Duration::from_secs(20));
+fn manager_with_staleness(
+    staleness: Duration,
+) -> Result<ChangeManager<MemoryChangeLog, Intent, TwoTierCleanup>, ManagerConfigError> {
+    let log = MemoryChangeLog::new(clock::system(), staleness);
     let heartbeat = HeartbeatConfig::builder(INTERVAL).build().unwrap(); // ttl 30 s
-    let err = ChangeManager::<_, Intent, _>::new(
+    ChangeManager::new(
         log,
         OwnerId::new("w"),
         heartbeat,
         TwoTierCleanup::new(TwoTier::default()),
     )
-    .unwrap_err();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_ttl_above_the_staleness_threshold_is_rejected() {
+    let err = manager_with_staleness(Duration::from_secs(20)).unwrap_err();
     assert_eq!(
         err,
-        ManagerConfigError::TtlExceedsStaleness {
+        ManagerConfigError::InsufficientSlack {
             ttl: Duration::from_secs(30),
-            staleness: Duration::from_secs(20)
+            interval: INTERVAL,
+            staleness: Duration::from_secs(20),
+            required: Duration::from_secs(40),
         }
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_slack_between_validity_and_staleness_is_rejected_naming_both_values() {
+    // ttl == staleness, margin 0: the entry would become claimable at the
+    // very instant the writer's validity ends.
+    let err = manager_with_staleness(Duration::from_secs(30)).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, ManagerConfigError::InsufficientSlack { .. }));
+    assert!(
+        message.contains("30s") && message.contains("40s"),
+        "{message}"
+    );
+    // One interval short of the rule is still refused; the rule itself holds.
+    assert!(manager_with_staleness(Duration::from_secs(39)).is_err());
+    assert!(manager_with_staleness(Duration::from_secs(40)).is_ok());
 }
 
 #[tokio::test(start_paused = true)]
@@ -183,7 +206,8 @@ async fn a_dropped_invalid_guard_leaves_its_entry_for_recovery() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].state, EntryState::Active);
     assert!(s.store.has_blob("a.1"), "left for recovery");
-    // ... which finds it stale.
+    // ... which finds it stale once the threshold has passed.
+    tokio::time::sleep(STALENESS - INTERVAL * 3).await;
     assert_eq!(
         s.log
             .claim_stale(&OwnerId::new("r"), 10)
@@ -299,8 +323,138 @@ async fn data_loss_race_a_commit_in_flight_is_cut_off_at_the_deadline() {
         started.elapsed() <= STALENESS,
         "cut off at the validity deadline"
     );
-    assert_eq!(guard.phase(), Phase::Unknown);
+    assert_eq!(guard.phase(), Phase::InDoubt);
     assert_eq!(s.store.meta("a"), None, "the CAS never applied");
+}
+
+/// A commit future dropped after its effect landed (a caller's timeout, a
+/// `select!`): the guard cannot know it landed, so it must not claim
+/// "nothing committed" to the cleanup.
+#[tokio::test(start_paused = true)]
+async fn a_commit_dropped_after_its_effect_landed_leaves_the_phase_in_doubt() {
+    let s = setup();
+    let mut guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    let landed_then_hung = guard.commit(async {
+        s.store.cas("a", None, "a.1")?;
+        std::future::pending::<Result<(), std::io::Error>>().await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), landed_then_hung)
+            .await
+            .is_err()
+    );
+    assert_eq!(guard.phase(), Phase::InDoubt);
+    guard.finish().await.unwrap();
+    assert_eq!(s.cleanup.calls()[0].1, Phase::InDoubt);
+    assert!(s.store.has_blob("a.1"), "the referenced blob is kept");
+    assert!(s.store.dangling().is_empty() && s.store.orphans().is_empty());
+}
+
+/// The same with a fenced commit: `finish` (or an explicit `settle`)
+/// settles the outcome with the store first, and the cleanup is told the
+/// truth.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_fenced_commit_is_settled_with_the_store_before_cleanup() {
+    dropped_fenced_commit_is_settled(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn settle_reports_whether_a_dropped_fenced_commit_landed() {
+    dropped_fenced_commit_is_settled(true).await;
+}
+
+async fn dropped_fenced_commit_is_settled(settle_first: bool) {
+    let s = setup();
+    let mut guard = s.manager.record(intent("a", "a.1", None)).await.unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    let log = s.log.inner.clone();
+    let store = s.store.clone();
+    let landed_then_hung = guard.commit_fenced(|fence| {
+        let fence = fence.clone();
+        async move {
+            log.commit_fenced(&fence, || store.cas("a", None, "a.1"))
+                .await?;
+            std::future::pending::<Result<(), FencedCommitError<std::io::Error>>>().await
+        }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), landed_then_hung)
+            .await
+            .is_err()
+    );
+    assert_eq!(guard.phase(), Phase::InDoubt);
+    let old_fence = guard.fence();
+    if settle_first {
+        assert_eq!(
+            guard.settle().await.unwrap(),
+            Phase::Committed,
+            "the store says it landed"
+        );
+        assert_eq!(guard.phase(), Phase::Committed);
+    }
+    guard.finish().await.unwrap();
+    assert_eq!(
+        s.cleanup.calls()[0].1,
+        Phase::Committed,
+        "the store said it landed"
+    );
+    assert!(s.store.has_blob("a.1"));
+    // Settling moved the entry on: the old fence can commit nothing more.
+    let late = s
+        .log
+        .inner
+        .commit_fenced(&old_fence, || Ok::<_, std::io::Error>(()))
+        .await;
+    assert!(matches!(late, Err(FencedCommitError::Fenced)));
+}
+
+/// A writer frozen with its commit on the way (validity checked, then a
+/// SIGSTOP or a GC pause): recovery claims the entry and deletes the new
+/// blob meanwhile. When the writer resumes, the store refuses its commit;
+/// no client-side check of time is involved.
+#[tokio::test(start_paused = true)]
+async fn a_paused_writer_cannot_commit_after_recovery_claimed_its_entry() {
+    let s = setup();
+    s.store.put_blob("a.0");
+    s.store.cas("a", None, "a.0").unwrap();
+    let mut guard = s
+        .manager
+        .record(intent("a", "a.1", Some("a.0")))
+        .await
+        .unwrap();
+    s.store.put_blob("a.1");
+    guard.mark_applied();
+    let fence = guard.fence();
+    assert!(guard.validity().is_valid(), "checked: still ours");
+    // Frozen from here: no heartbeat, no progress.
+    s.log.stall_refreshes(true);
+    let recovery = RecoveryLoop::spawn::<_, Intent, _>(
+        Arc::new(s.log.inner.clone()),
+        OwnerId::new("recovery"),
+        s.cleanup.clone(),
+        RecoveryConfig::builder().build().unwrap(),
+    )
+    .unwrap();
+    recovery.wait_for_stats(|st| st.cleaned == 1).await;
+    assert!(!s.store.has_blob("a.1"));
+    // The writer resumes inside its commit, past any validity check.
+    let resumed = s
+        .log
+        .inner
+        .commit_fenced(&fence, || s.store.cas("a", Some("a.0"), "a.1"))
+        .await;
+    assert!(matches!(resumed, Err(FencedCommitError::Fenced)));
+    assert_eq!(s.store.meta("a").as_deref(), Some("a.0"));
+    assert!(
+        s.store.dangling().is_empty(),
+        "no reference to a deleted blob"
+    );
+    drop(guard);
+    recovery.shutdown().await;
+    assert!(s.store.orphans().is_empty());
 }
 
 /// A writer that committed and then stalled before finishing: recovery must

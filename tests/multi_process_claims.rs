@@ -29,11 +29,10 @@ use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
 
 const ENTRIES: usize = 1_000;
 const PROCESSES: usize = 4;
-const STALENESS: Duration = Duration::from_secs(60);
-/// Children of the claim race read the store clock an hour ahead: every
-/// entry the parent recorded is stale to them at once, while their own
-/// claims are fresh to each other (no sleeping to age entries).
-const CHILD_CLOCK_OFFSET: Duration = Duration::from_secs(3600);
+/// The claim race runs on real time: a child claims an entry once it has
+/// seen it unchanged this long (each child's own observation, on its own
+/// monotonic clock), and keeps what it claimed alive meanwhile.
+const STALENESS: Duration = Duration::from_secs(1);
 
 /// The skew test runs on real time: entries go stale 1 s after their last
 /// refresh; the writer refreshes every 100 ms.
@@ -97,17 +96,16 @@ impl Backend {
 }
 
 /// Runs `f` with a log of `backend` (store in `dir` for SQLite), opened with
-/// `staleness` and a store-clock offset: the backends are different types,
-/// so the test bodies are generic and this picks the instance.
+/// `staleness`: the backends are different types, so the test bodies are
+/// generic and this picks the instance.
 macro_rules! with_log {
-    ($backend:expr, $dir:expr, $staleness:expr, $offset:expr, |$log:ident| $body:expr) => {
+    ($backend:expr, $dir:expr, $staleness:expr, |$log:ident| $body:expr) => {
         match $backend {
             #[cfg(feature = "sqlite")]
             Backend::Sqlite => {
                 let $log =
                     leasehold::changelog::SqliteChangeLog::builder($dir.join("changelog.db"))
                         .staleness($staleness)
-                        .clock_offset($offset)
                         .busy_timeout(Duration::from_secs(30))
                         .open()
                         .await
@@ -119,7 +117,6 @@ macro_rules! with_log {
                 let $log = leasehold::changelog::PostgresChangeLog::builder(url.as_str())
                     .schema(schema.as_str())
                     .staleness($staleness)
-                    .clock_offset($offset)
                     .pool_size(4)
                     .open()
                     .await
@@ -306,14 +303,14 @@ fn child_process() {
         .unwrap();
     runtime.block_on(async {
         match role.as_str() {
-            "race" => with_log!(&backend, dir, STALENESS, CHILD_CLOCK_OFFSET, |log| {
+            "race" => with_log!(&backend, dir, STALENESS, |log| {
                 race_child(Arc::new(log), &dir).await
             }),
-            "skewed-writer" => with_log!(&backend, dir, SKEW_STALENESS, Duration::ZERO, |log| {
+            "skewed-writer" => with_log!(&backend, dir, SKEW_STALENESS, |log| {
                 skewed_writer_child(log, &dir).await
             }),
             "skewed-recovery" => {
-                with_log!(&backend, dir, SKEW_STALENESS, Duration::ZERO, |log| {
+                with_log!(&backend, dir, SKEW_STALENESS, |log| {
                     skewed_recovery_child(Arc::new(log), &dir).await
                 })
             }
@@ -422,7 +419,7 @@ async fn recovery_processes_clean_each_stale_entry_exactly_once<L: ChangeLog>(
 async fn four_recovery_processes_clean_each_stale_sqlite_entry_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::Sqlite;
-    with_log!(&backend, dir.path(), STALENESS, Duration::ZERO, |log| {
+    with_log!(&backend, dir.path(), STALENESS, |log| {
         recovery_processes_clean_each_stale_entry_exactly_once(log, dir.path(), &backend).await
     });
 }
@@ -435,7 +432,7 @@ async fn four_recovery_processes_clean_each_stale_postgres_entry_exactly_once() 
     };
     let dir = tempfile::tempdir().unwrap();
     let backend = &schema.0;
-    with_log!(backend, dir.path(), STALENESS, Duration::ZERO, |log| {
+    with_log!(backend, dir.path(), STALENESS, |log| {
         recovery_processes_clean_each_stale_entry_exactly_once(log, dir.path(), backend).await
     });
 }
@@ -514,16 +511,10 @@ async fn clock_skew_between_processes_does_not_make_a_live_entry_stale<L: Change
 async fn clock_skew_between_processes_does_not_make_a_live_sqlite_entry_stale() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::Sqlite;
-    with_log!(
-        &backend,
-        dir.path(),
-        SKEW_STALENESS,
-        Duration::ZERO,
-        |log| {
-            clock_skew_between_processes_does_not_make_a_live_entry_stale(log, dir.path(), &backend)
-                .await
-        }
-    );
+    with_log!(&backend, dir.path(), SKEW_STALENESS, |log| {
+        clock_skew_between_processes_does_not_make_a_live_entry_stale(log, dir.path(), &backend)
+            .await
+    });
 }
 
 #[cfg(feature = "postgres")]
@@ -534,7 +525,7 @@ async fn clock_skew_between_processes_does_not_make_a_live_postgres_entry_stale(
     };
     let dir = tempfile::tempdir().unwrap();
     let backend = &schema.0;
-    with_log!(backend, dir.path(), SKEW_STALENESS, Duration::ZERO, |log| {
+    with_log!(backend, dir.path(), SKEW_STALENESS, |log| {
         clock_skew_between_processes_does_not_make_a_live_entry_stale(log, dir.path(), backend)
             .await
     });

@@ -20,9 +20,18 @@ pub enum Phase {
     Applied,
     /// The validity-gated commit succeeded.
     Committed,
-    /// Nobody knows: a recoverer's view of a claimed entry, or a writer whose
-    /// commit was cut off in flight. The cleanup must inspect the world.
+    /// Nobody knows: a recoverer's view of a claimed entry whose commit the
+    /// store did not record. The cleanup must inspect the world.
     Unknown,
+    /// The writer started a commit whose outcome it does not know (the
+    /// commit future was dropped or cut off at the validity deadline, or the
+    /// store failed while committing). Before the cleanup runs, the writer's
+    /// [`finish`](super::ChangeGuard::finish) settles it with the store where
+    /// it can ([`ChangeLog::advance`](super::ChangeLog::advance)), which
+    /// turns it into [`Committed`](Phase::Committed) or
+    /// [`Applied`](Phase::Applied) for a fenced commit; a cleanup that
+    /// still receives it must inspect the committed state.
+    InDoubt,
 }
 
 /// The caller's cleanup of one changelog entry: whatever brings the world to

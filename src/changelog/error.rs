@@ -92,20 +92,56 @@ impl DecodeError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManagerConfigError {
-    /// The heartbeat ttl exceeds the log's staleness threshold: the store
-    /// could call an entry stale (and let recovery claim it) while its
-    /// writer's `Validity` still reads valid, which is exactly the
-    /// data-loss race the validity deadline exists to prevent.
+    /// The heartbeat leaves too little slack before the log's staleness
+    /// threshold. The rule is `ttl + interval <= staleness`: a writer's
+    /// validity must end at least one heartbeat interval before recovery may
+    /// judge its entry stale, so that clock-rate differences between
+    /// machines and the time a cut-off commit takes to stop are absorbed,
+    /// and validity keeps refusing late commits early and cheaply.
     #[error(
-        "heartbeat ttl {ttl:?} exceeds the changelog's staleness threshold {staleness:?}; \
-         recovery could claim an entry whose writer still believes it valid"
+        "heartbeat ttl {ttl:?} plus interval {interval:?} exceeds the changelog's staleness \
+         threshold {staleness:?}: recovery could judge an entry stale while, or right after, \
+         its writer still believes it valid; raise the staleness to at least {required:?} \
+         or shorten the heartbeat"
     )]
-    TtlExceedsStaleness {
+    InsufficientSlack {
         /// The heartbeat's ttl.
         ttl: Duration,
+        /// The heartbeat's interval: the minimum slack.
+        interval: Duration,
         /// The log's staleness threshold.
         staleness: Duration,
+        /// The smallest staleness this heartbeat accepts (`ttl + interval`).
+        required: Duration,
     },
+}
+
+/// Why a commit fenced by the store did not commit: returned by the SQL
+/// backends' `commit_fenced` and by [`MemoryChangeLog::commit_fenced`].
+///
+/// [`MemoryChangeLog::commit_fenced`]: super::MemoryChangeLog::commit_fenced
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FencedCommitError<E> {
+    /// The store refused: the fence no longer owns its entry (claimed by a
+    /// recoverer, removed or quarantined). Nothing was committed, and
+    /// nothing will be; stop acting on the entry.
+    #[error("commit refused by the store: the changelog entry is no longer owned by this fence")]
+    Fenced,
+    /// The caller's commit returned this error; its transaction was rolled
+    /// back, so nothing was committed. The entry is still ours.
+    #[error("commit rejected: {0}")]
+    Rejected(#[source] E),
+    /// The store failed before the commit was attempted: nothing was
+    /// committed.
+    #[error("commit not attempted: {0}")]
+    Store(#[source] ChangeLogError),
+    /// The store failed while committing (connection lost, I/O error at
+    /// `COMMIT`): the commit may or may not have landed. Settle it with
+    /// [`ChangeLog::advance`](super::ChangeLog::advance), which refuses any
+    /// commit still in flight and reports whether one landed.
+    #[error("commit outcome unknown: {0}")]
+    InDoubt(#[source] ChangeLogError),
 }
 
 /// Why [`ChangeGuard::commit`](super::ChangeGuard::commit) did not commit.
@@ -130,6 +166,20 @@ pub enum CommitError<E> {
     /// error); the entry is still ours, so cleaning up is the writer's job.
     #[error("commit rejected: {0}")]
     Rejected(#[source] E),
+    /// The store refused a fenced commit: the entry had been claimed by a
+    /// recoverer, removed or quarantined. Nothing was committed.
+    #[error("commit refused by the store: the changelog entry is no longer ours")]
+    Fenced,
+    /// The store failed before a fenced commit was attempted; nothing was
+    /// committed and the phase is unchanged.
+    #[error("commit not attempted: {0}")]
+    Store(#[source] ChangeLogError),
+    /// A fenced commit's outcome is unknown (the store failed while
+    /// committing). The phase is [`Phase::InDoubt`](super::Phase::InDoubt):
+    /// [`finish`](super::ChangeGuard::finish) settles it with the store
+    /// before cleaning up.
+    #[error("commit outcome unknown: {0}")]
+    InDoubt(#[source] ChangeLogError),
 }
 
 /// Why [`ChangeGuard::finish`](super::ChangeGuard::finish) could not remove

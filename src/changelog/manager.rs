@@ -2,14 +2,15 @@
 //! durable record to the removal of its entry.
 
 use std::fmt;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::cleanup::{Cleanup, Phase};
-use super::error::{CommitError, FinishError, ManagerConfigError};
-use super::{ChangeLog, ChangeLogError, Fence, OwnerId, Ownership, Payload, Removal};
-use crate::heartbeat::{BeatError, Heartbeat, HeartbeatConfig, Invalid, Validity};
+use super::error::{CommitError, FencedCommitError, FinishError, ManagerConfigError};
+use super::{Advanced, ChangeLog, ChangeLogError, Fence, OwnerId, Ownership, Payload, Removal};
+use crate::heartbeat::{BeatError, Heartbeat, HeartbeatConfig, Invalid, InvalidReason, Validity};
+use crate::sync::Mutex;
 
 /// Runs writer operations through a [`ChangeLog`]: each
 /// [`record`](ChangeManager::record) returns a [`ChangeGuard`] that keeps the
@@ -20,10 +21,14 @@ use crate::heartbeat::{BeatError, Heartbeat, HeartbeatConfig, Invalid, Validity}
 /// the entry is still yours, clean up, remove.
 ///
 /// The heartbeat refreshes the entry every `interval` of the
-/// [`HeartbeatConfig`]; its `ttl` (3 × interval by default) must not exceed
-/// the log's staleness threshold, so that the writer's [`Validity`] has
-/// always expired by the time the store calls the entry stale and lets
-/// recovery claim it.
+/// [`HeartbeatConfig`]; its `ttl` (3 × interval by default) plus one more
+/// interval must not exceed the log's staleness threshold, so that the
+/// writer's [`Validity`] has always expired, with slack to spare, by the
+/// time recovery may judge the entry stale.
+///
+/// Prefer [`ChangeGuard::commit_fenced`] where the log can run your commit
+/// in its own store (the SQL backends): the store then decides whether your
+/// commit or a recoverer's claim wins, whatever the timing.
 ///
 /// # Examples
 ///
@@ -39,14 +44,19 @@ use crate::heartbeat::{BeatError, Heartbeat, HeartbeatConfig, Invalid, Validity}
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let log = MemoryChangeLog::new(leasehold::clock::system(), Duration::from_secs(30));
+/// let log = MemoryChangeLog::new(leasehold::clock::system(), Duration::from_secs(60));
 /// let heartbeat = HeartbeatConfig::builder(Duration::from_secs(10)).build()?; // ttl 30 s
+/// // 30 s ttl + 10 s interval <= 60 s staleness: real slack.
 /// let manager = ChangeManager::new(log.clone(), OwnerId::unique("writer"), heartbeat, Forget)?;
 ///
 /// let mut guard = manager.record("put a -> blob-7".to_string()).await?;
 /// // ... write blob-7 ...
 /// guard.mark_applied();
-/// let committed = guard.commit(async { Ok::<_, std::io::Error>("a -> blob-7") }).await?;
+/// // The commit runs under the log's fence check: it cannot land once a
+/// // recoverer has claimed the entry.
+/// let committed = guard
+///     .commit_fenced(|fence| log.commit_fenced(fence, || Ok::<_, std::io::Error>("a -> blob-7")))
+///     .await?;
 /// assert_eq!(committed, "a -> blob-7");
 /// guard.finish().await?; // cleanup, stop the heartbeat, remove the entry
 /// assert!(log.list().await?.is_empty());
@@ -93,18 +103,21 @@ where
     ///
     /// # Errors
     ///
-    /// [`ManagerConfigError::TtlExceedsStaleness`] if `heartbeat.ttl()`
-    /// exceeds `log.staleness()`.
+    /// [`ManagerConfigError::InsufficientSlack`] unless
+    /// `heartbeat.ttl() + heartbeat.interval() <= log.staleness()`.
     pub fn new(
         log: L,
         owner: OwnerId,
         heartbeat: HeartbeatConfig,
         cleanup: C,
     ) -> Result<Self, ManagerConfigError> {
-        if heartbeat.ttl() > log.staleness() {
-            return Err(ManagerConfigError::TtlExceedsStaleness {
+        let required = heartbeat.ttl().saturating_add(heartbeat.interval());
+        if required > log.staleness() {
+            return Err(ManagerConfigError::InsufficientSlack {
                 ttl: heartbeat.ttl(),
+                interval: heartbeat.interval(),
                 staleness: log.staleness(),
+                required,
             });
         }
         Ok(ChangeManager {
@@ -158,33 +171,48 @@ where
             .log
             .record(&self.inner.owner, payload.encode())
             .await?;
+        let current = Arc::new(Mutex::new(fence.clone()));
         let heartbeat = Heartbeat::spawn_anchored(&self.inner.heartbeat, anchor, {
             let inner = Arc::clone(&self.inner);
-            let fence = fence.clone();
+            let current = Arc::clone(&current);
             move || {
                 let inner = Arc::clone(&inner);
-                let fence = fence.clone();
-                async move { beat(&inner.log, &fence).await }
+                let current = Arc::clone(&current);
+                async move { beat(&inner.log, &current).await }
             }
         });
         Ok(ChangeGuard {
             inner: Arc::clone(&self.inner),
             validity: heartbeat.validity(),
             heartbeat: Some(heartbeat),
-            fence,
+            fence: current,
             payload: Some(payload),
             phase: Phase::Recorded,
+            fenced_commit: false,
         })
     }
 }
 
 /// One refresh of a guarded entry: fenced out means the heartbeat must stop.
-async fn beat<L: ChangeLog>(log: &L, fence: &Fence) -> Result<(), BeatError> {
-    match log.refresh(fence).await {
-        Ok(Ownership::Held) => Ok(()),
-        Ok(Ownership::Lost) => Err(BeatError::Fenced),
-        Err(error) if error.is_transient() => Err(BeatError::transient(error)),
-        Err(error) => Err(BeatError::failed(error)),
+///
+/// The guard may move its own entry to the next generation meanwhile
+/// ([`ChangeLog::advance`], to settle an in-doubt commit): a refresh with
+/// the fence it replaced is retried once with the new one.
+async fn beat<L: ChangeLog>(log: &L, current: &Mutex<Fence>) -> Result<(), BeatError> {
+    let mut fence = current.lock().clone();
+    loop {
+        match log.refresh(&fence).await {
+            Ok(Ownership::Held) => return Ok(()),
+            Ok(Ownership::Lost) => {
+                let now = current.lock().clone();
+                if now == fence {
+                    return Err(BeatError::Fenced);
+                }
+                fence = now;
+            }
+            Err(error) if error.is_transient() => return Err(BeatError::transient(error)),
+            Err(error) => return Err(BeatError::failed(error)),
+        }
     }
 }
 
@@ -197,7 +225,11 @@ async fn beat<L: ChangeLog>(log: &L, fence: &Fence) -> Result<(), BeatError> {
 /// touches the entry again and leaves it for recovery.
 pub struct ChangeGuard<L: ChangeLog, P: Payload, C: Cleanup<P>> {
     inner: Arc<Inner<L, C>>,
-    fence: Fence,
+    /// The entry's current fence, shared with the heartbeat's beats.
+    fence: Arc<Mutex<Fence>>,
+    /// Whether a commit was attempted through the store's fence, so that an
+    /// in-doubt outcome can be settled with the store.
+    fenced_commit: bool,
     /// `None` once finished (or handed to the drop-time completion).
     payload: Option<P>,
     phase: Phase,
@@ -208,7 +240,7 @@ pub struct ChangeGuard<L: ChangeLog, P: Payload, C: Cleanup<P>> {
 impl<L: ChangeLog, P: Payload + fmt::Debug, C: Cleanup<P>> fmt::Debug for ChangeGuard<L, P, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChangeGuard")
-            .field("fence", &self.fence)
+            .field("fence", &self.fence())
             .field("phase", &self.phase)
             .field("payload", &self.payload)
             .field("validity", &self.validity)
@@ -222,9 +254,9 @@ where
     P: Payload,
     C: Cleanup<P>,
 {
-    /// The entry's fence (owner and generation).
-    pub fn fence(&self) -> &Fence {
-        &self.fence
+    /// The entry's current fence (owner and generation).
+    pub fn fence(&self) -> Fence {
+        self.fence.lock().clone()
     }
 
     /// The recorded payload.
@@ -256,9 +288,15 @@ where
     /// ours, cut off at the validity deadline; on `Ok` the phase becomes
     /// [`Phase::Committed`].
     ///
-    /// This is what closes the data-loss race: once the store may call the
-    /// entry stale, a recoverer may delete what this operation wrote, so the
-    /// commit that would publish it must not start — or finish — any more.
+    /// Use it for a commit to a store the changelog cannot join. It refuses
+    /// a commit that would start after the validity deadline and cuts off
+    /// one still running there, which ends before recovery may judge the
+    /// entry stale; but a process that pauses *after* the check, while its
+    /// write is already on its way to the store, can still land it after
+    /// recovery claimed the entry. Where the log can run the commit in its
+    /// own store, use [`commit_fenced`](Self::commit_fenced), which closes
+    /// that window; elsewhere, make `cas` conditional on
+    /// [`Fence::generation`] as a fencing token.
     ///
     /// # Errors
     ///
@@ -266,37 +304,139 @@ where
     ///   commit started (`in_flight: false`: nothing was attempted), or the
     ///   deadline passed while it ran (`in_flight: true`: the commit future
     ///   was dropped; whether it took effect is unknown, so the phase becomes
-    ///   [`Phase::Unknown`]).
+    ///   [`Phase::InDoubt`]).
     /// - [`CommitError::Rejected`] with the CAS's own error (e.g. a
     ///   conflicting writer); the phase is unchanged.
     ///
     /// # Cancel safety
     ///
-    /// As cancel safe as `cas`; a dropped commit leaves the phase unchanged.
+    /// Not cancel safe: a commit dropped after it started leaves the phase
+    /// [`Phase::InDoubt`], since it may have taken effect.
     pub async fn commit<F, T, E>(&mut self, cas: F) -> Result<T, CommitError<E>>
     where
         F: IntoFuture<Output = Result<T, E>>,
     {
-        if let Err(invalid) = self.validity.check() {
-            return Err(CommitError::Invalid {
-                reason: invalid.reason,
-                in_flight: false,
-            });
-        }
+        self.check_before_commit()?;
+        let before = std::mem::replace(&mut self.phase, Phase::InDoubt);
         match self.validity.run_while_valid(cas).await {
             Ok(Ok(value)) => {
                 self.phase = Phase::Committed;
                 Ok(value)
             }
-            Ok(Err(error)) => Err(CommitError::Rejected(error)),
+            Ok(Err(error)) => {
+                self.phase = before;
+                Err(CommitError::Rejected(error))
+            }
+            Err(Invalid { reason }) => Err(CommitError::Invalid {
+                reason,
+                in_flight: true,
+            }),
+        }
+    }
+
+    /// Commits through the store's fence: `commit` receives the entry's
+    /// current [`Fence`] and must hand it to the log's fenced commit (e.g.
+    /// `SqliteChangeLog::commit_fenced`, `PostgresChangeLog::commit_fenced`,
+    /// [`MemoryChangeLog::commit_fenced`](super::MemoryChangeLog::commit_fenced)),
+    /// which checks the fence in the same transaction as your writes. Once
+    /// a recoverer has claimed the entry, the store refuses the commit, so a
+    /// writer that paused anywhere (even inside the commit) cannot publish
+    /// what recovery is cleaning up.
+    ///
+    /// Validity still refuses to start a commit after its deadline, and
+    /// cuts off one that runs past it (its outcome is then settled with the
+    /// store by [`finish`](Self::finish)).
+    ///
+    /// # Errors
+    ///
+    /// - [`CommitError::Invalid`] as for [`commit`](Self::commit);
+    /// - [`CommitError::Fenced`]: the store refused, nothing was committed;
+    /// - [`CommitError::Rejected`]: your commit's own error, rolled back;
+    /// - [`CommitError::Store`]: the store failed before committing;
+    /// - [`CommitError::InDoubt`]: the store failed while committing; the
+    ///   phase is [`Phase::InDoubt`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, but never unsafe: a dropped commit leaves
+    /// [`Phase::InDoubt`], which [`finish`](Self::finish) settles with the
+    /// store before it cleans up.
+    pub async fn commit_fenced<F, Fut, T, E>(&mut self, commit: F) -> Result<T, CommitError<E>>
+    where
+        F: FnOnce(&Fence) -> Fut,
+        Fut: Future<Output = Result<T, FencedCommitError<E>>>,
+    {
+        self.check_before_commit()?;
+        let fence = self.fence();
+        self.fenced_commit = true;
+        let before = std::mem::replace(&mut self.phase, Phase::InDoubt);
+        let outcome = match self.validity.run_while_valid(commit(&fence)).await {
+            Ok(outcome) => outcome,
             Err(Invalid { reason }) => {
-                self.phase = Phase::Unknown;
-                Err(CommitError::Invalid {
+                return Err(CommitError::Invalid {
                     reason,
                     in_flight: true,
+                });
+            }
+        };
+        match outcome {
+            Ok(value) => {
+                self.phase = Phase::Committed;
+                Ok(value)
+            }
+            Err(FencedCommitError::InDoubt(error)) => Err(CommitError::InDoubt(error)),
+            Err(known) => {
+                // Refused or rolled back: the store guarantees nothing landed.
+                self.phase = before;
+                Err(match known {
+                    FencedCommitError::Fenced => CommitError::Fenced,
+                    FencedCommitError::Rejected(error) => CommitError::Rejected(error),
+                    FencedCommitError::Store(error) => CommitError::Store(error),
+                    FencedCommitError::InDoubt(_) => unreachable!("matched above"),
                 })
             }
         }
+    }
+
+    /// Learns from the store whether a fenced commit whose outcome was in
+    /// doubt ([`Phase::InDoubt`]: the commit future was dropped, cut off at
+    /// the validity deadline, or the store failed while committing) landed,
+    /// and returns the phase: [`Phase::Committed`] or [`Phase::Applied`].
+    ///
+    /// It moves the entry to its next generation
+    /// ([`ChangeLog::advance`]), so a commit still in flight with the old
+    /// fence is refused by the store from then on: the answer cannot change
+    /// afterwards. Any other phase is returned as it is, and so is an
+    /// in-doubt commit that was not fenced, or whose entry is no longer ours
+    /// (recovery settles it then). [`finish`](Self::finish) settles by
+    /// itself; call this to report the outcome before finishing.
+    ///
+    /// # Errors
+    ///
+    /// The log's error; the phase stays [`Phase::InDoubt`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in effect: a dropped call may have moved the entry on,
+    /// leaving the phase in doubt; a later `settle` or `finish` then finds
+    /// the entry lost and leaves it to recovery.
+    pub async fn settle(&mut self) -> Result<Phase, ChangeLogError> {
+        if self.phase == Phase::InDoubt && self.fenced_commit {
+            if let Some(settled) = settle_in_store(&self.inner.log, &self.fence).await? {
+                self.phase = settled;
+            }
+        }
+        Ok(self.phase)
+    }
+
+    fn check_before_commit<E>(&self) -> Result<(), CommitError<E>> {
+        self.validity
+            .check()
+            .map(drop)
+            .map_err(|invalid| CommitError::Invalid {
+                reason: invalid.reason,
+                in_flight: false,
+            })
     }
 
     /// Completes the operation: runs the cleanup for the current phase while
@@ -305,6 +445,12 @@ where
     /// Returns how the removal went; [`Removal::Fenced`] means a recoverer
     /// claimed the entry meanwhile and will clean up again (the cleanup is
     /// idempotent).
+    ///
+    /// A [`Phase::InDoubt`] left by a fenced commit is settled first: the
+    /// entry is moved to its next generation
+    /// ([`ChangeLog::advance`]), so a commit still in flight can no longer
+    /// land, and the store reports whether it did; the cleanup then sees
+    /// [`Phase::Committed`] or [`Phase::Applied`].
     ///
     /// # Errors
     ///
@@ -321,15 +467,19 @@ where
     pub async fn finish(mut self) -> Result<Removal, FinishError> {
         let payload = self.payload.take().expect("finish runs once");
         let heartbeat = self.heartbeat.take();
-        complete(
-            Arc::clone(&self.inner),
-            self.fence.clone(),
+        complete(self.completion(payload, heartbeat)).await
+    }
+
+    fn completion(&self, payload: P, heartbeat: Option<Heartbeat>) -> Completion<L, P, C> {
+        Completion {
+            inner: Arc::clone(&self.inner),
+            fence: Arc::clone(&self.fence),
+            settle: self.phase == Phase::InDoubt && self.fenced_commit,
             payload,
-            self.phase,
+            phase: self.phase,
             heartbeat,
-            self.validity.clone(),
-        )
-        .await
+            validity: self.validity.clone(),
+        }
     }
 
     /// Gives the operation up without cleanup: stops the heartbeat and leaves
@@ -351,25 +501,81 @@ where
     }
 }
 
-/// Cleanup while valid, then stop the heartbeat, then remove.
-async fn complete<L, P, C>(
+/// Asks the store for the outcome of an in-doubt fenced commit by moving the
+/// entry to its next generation (so a commit still in flight with the old
+/// fence is refused from now on): `Some(Committed | Applied)`, or `None` if
+/// the entry is no longer ours.
+async fn settle_in_store<L: ChangeLog>(
+    log: &L,
+    fence: &Mutex<Fence>,
+) -> Result<Option<Phase>, ChangeLogError> {
+    let old = fence.lock().clone();
+    Ok(match log.advance(&old).await? {
+        Advanced::Held {
+            fence: new,
+            committed,
+        } => {
+            *fence.lock() = new;
+            Some(if committed {
+                Phase::Committed
+            } else {
+                Phase::Applied
+            })
+        }
+        Advanced::Lost => None,
+    })
+}
+
+/// What [`complete`] needs of a guard.
+struct Completion<L, P, C> {
     inner: Arc<Inner<L, C>>,
-    fence: Fence,
+    fence: Arc<Mutex<Fence>>,
+    /// Settle an in-doubt fenced commit with the store first.
+    settle: bool,
     payload: P,
     phase: Phase,
     heartbeat: Option<Heartbeat>,
     validity: Validity,
-) -> Result<Removal, FinishError>
+}
+
+/// Settle an in-doubt fenced commit, cleanup while valid, then stop the
+/// heartbeat, then remove.
+async fn complete<L, P, C>(completion: Completion<L, P, C>) -> Result<Removal, FinishError>
 where
     L: ChangeLog,
     P: Payload,
     C: Cleanup<P>,
 {
+    let Completion {
+        inner,
+        fence,
+        settle,
+        payload,
+        mut phase,
+        heartbeat,
+        validity,
+    } = completion;
     let stop = |heartbeat: Option<Heartbeat>| async move {
         if let Some(heartbeat) = heartbeat {
             heartbeat.stop().await;
         }
     };
+    if settle {
+        match settle_in_store(&inner.log, &fence).await {
+            Ok(Some(settled)) => phase = settled,
+            Ok(None) => {
+                stop(heartbeat).await;
+                return Err(FinishError::Invalid(Invalid {
+                    reason: InvalidReason::Fenced,
+                }));
+            }
+            Err(error) => {
+                stop(heartbeat).await;
+                return Err(FinishError::Log(error));
+            }
+        }
+    }
+    let fence = fence.lock().clone();
     let cleaned = validity
         .run_while_valid(inner.cleanup.cleanup(&payload, phase))
         .await;
@@ -397,13 +603,6 @@ impl<L: ChangeLog, P: Payload, C: Cleanup<P>> Drop for ChangeGuard<L, P, C> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // no runtime to run the cleanup on: recovery will
         };
-        drop(runtime.spawn(complete(
-            Arc::clone(&self.inner),
-            self.fence.clone(),
-            payload,
-            self.phase,
-            heartbeat,
-            self.validity.clone(),
-        )));
+        drop(runtime.spawn(complete(self.completion(payload, heartbeat))));
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence, OwnerId,
-    Ownership, Removal,
+    Advanced, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence,
+    FencedCommitError, OwnerId, Ownership, Removal,
 };
 use crate::clock::Clock;
 use crate::sync::Mutex;
@@ -65,6 +65,7 @@ struct Entry {
     refreshed: Instant,
     claims: u32,
     quarantine: Option<String>,
+    committed: bool,
     payload: Vec<u8>,
 }
 
@@ -78,6 +79,7 @@ impl Entry {
             fence: Fence::new(EntryId::new(id), self.owner.clone(), self.generation),
             payload: self.payload.clone(),
             claims: self.claims,
+            committed: self.committed,
             age: now.saturating_duration_since(self.refreshed),
             state: match &self.quarantine {
                 None => EntryState::Active,
@@ -111,6 +113,63 @@ impl MemoryChangeLog {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Runs `commit` under the log's lock, after checking that `fence` still
+    /// owns its active entry, and marks the entry committed if it returns
+    /// `Ok`: the in-memory model of the SQL backends' fenced commits, for
+    /// state kept in memory beside the log (tests, simulations). A claim
+    /// cannot interleave with it.
+    ///
+    /// `commit` runs under the lock: it must not call this log.
+    ///
+    /// # Errors
+    ///
+    /// [`FencedCommitError::Fenced`] if the fence no longer owns the entry
+    /// (`commit` is not called); [`FencedCommitError::Rejected`] with
+    /// `commit`'s error (the entry is not marked; undoing any partial effect
+    /// of `commit` is the caller's job, as there is no transaction here).
+    ///
+    /// # Cancel safety
+    ///
+    /// `commit` runs when this is called; the returned future is ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use leasehold::changelog::{ChangeLog, FencedCommitError, MemoryChangeLog, OwnerId};
+    /// use leasehold::clock::ManualClock;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let clock = ManualClock::new();
+    /// let log = MemoryChangeLog::new(Arc::new(clock.clone()), Duration::from_secs(10));
+    /// let fence = log.record(&OwnerId::new("w"), vec![]).await.unwrap();
+    /// clock.advance(Duration::from_secs(10));
+    /// log.claim_stale(&OwnerId::new("recovery"), 10).await.unwrap();
+    /// // The writer resumes after its entry was claimed: refused.
+    /// let late = log.commit_fenced(&fence, || Ok::<_, std::io::Error>(())).await;
+    /// assert!(matches!(late, Err(FencedCommitError::Fenced)));
+    /// # }
+    /// ```
+    pub fn commit_fenced<T, E>(
+        &self,
+        fence: &Fence,
+        commit: impl FnOnce() -> Result<T, E>,
+    ) -> std::future::Ready<Result<T, FencedCommitError<E>>> {
+        let mut state = self.shared.state.lock();
+        let result = match state
+            .entries
+            .get_mut(&fence.id.get())
+            .filter(|e| e.owned_by(fence) && e.quarantine.is_none())
+        {
+            None => Err(FencedCommitError::Fenced),
+            Some(entry) => commit()
+                .inspect(|_| entry.committed = true)
+                .map_err(FencedCommitError::Rejected),
+        };
+        std::future::ready(result)
+    }
 }
 
 impl fmt::Debug for MemoryChangeLog {
@@ -142,6 +201,7 @@ impl ChangeLog for MemoryChangeLog {
                 refreshed: now,
                 claims: 0,
                 quarantine: None,
+                committed: false,
                 payload,
             },
         );
@@ -207,6 +267,7 @@ impl ChangeLog for MemoryChangeLog {
                     fence: Fence::new(EntryId::new(id), owner.clone(), entry.generation),
                     payload: entry.payload.clone(),
                     claims: entry.claims,
+                    committed: entry.committed,
                 }
             })
             .collect();
@@ -222,6 +283,22 @@ impl ChangeLog for MemoryChangeLog {
                 Ok(Ownership::Held)
             }
             _ => Ok(Ownership::Lost),
+        }
+    }
+
+    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state.lock();
+        match state.entries.get_mut(&fence.id.get()) {
+            Some(entry) if entry.owned_by(fence) && entry.quarantine.is_none() => {
+                entry.generation += 1;
+                entry.refreshed = entry.refreshed.max(now);
+                Ok(Advanced::Held {
+                    fence: Fence::new(fence.id, fence.owner.clone(), entry.generation),
+                    committed: entry.committed,
+                })
+            }
+            _ => Ok(Advanced::Lost),
         }
     }
 

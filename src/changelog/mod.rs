@@ -25,14 +25,42 @@
 //! logs whose heartbeat is an unconditional upsert, where a late heartbeat
 //! resurrects a removed entry or steals back a claimed one.
 //!
-//! # Staleness is judged on the store's clock
+//! # Staleness without wall clocks
 //!
-//! An entry is stale when its last refresh is at least the log's
-//! [`staleness`](ChangeLog::staleness) threshold old, measured on the
-//! *store's* clock ([`MemoryChangeLog`]: its injected [`Clock`]; SQLite: the
-//! clock of the machine holding the file, read inside each statement;
-//! PostgreSQL: the server's `now()`, read inside each statement). Writers
-//! never compare their own clocks with each other's.
+//! Every refresh increments the entry's heartbeat counter. A claimer judges
+//! an entry stale once it has observed the counter (and the owner's
+//! generation) unchanged for the log's [`staleness`](ChangeLog::staleness)
+//! threshold, on its *own* monotonic [`Clock`] (which counts suspended time).
+//! No timestamp written by one clock is ever compared with another clock, so
+//! a wall clock stepping forwards or backwards, on any machine or on the
+//! database server, neither makes a live entry stale nor keeps a dead one
+//! alive. A claimer that has just started has observed nothing yet: it
+//! claims an entry at the earliest `staleness` after its first look.
+//! [`MemoryChangeLog`] lives in one process and measures on its injected
+//! clock directly.
+//!
+//! # Who wins is decided by the store
+//!
+//! Staleness only decides when recovery may *try*. A writer that pauses
+//! (SIGSTOP, a GC pause, a VM stall) after checking its validity can resume
+//! at any moment, so no client-side check of time can stop its write from
+//! landing after recovery claimed its entry. The SQL backends therefore run
+//! the writer's own commit in the changelog's database, in one transaction
+//! with a check that its [`Fence`] still owns the entry
+//! (`SqliteChangeLog::commit_fenced`, `PostgresChangeLog::commit_fenced`);
+//! a claim and a fenced commit of the same entry conflict on its row, so
+//! exactly one wins, and the loser changes nothing. The same transaction
+//! marks the entry committed ([`ClaimedEntry::committed`]), so recovery
+//! learns from the store whether the commit landed.
+//!
+//! Where the writer's commit goes to a store the changelog cannot join (an
+//! object store, another database), use the fence's generation as a
+//! fencing token in that store's own conditional write (it grows with every
+//! change of owner), or accept what validity alone gives: a writer whose
+//! process pauses *between* its validity check and its write can still write
+//! after its entry was claimed. [`Validity`](crate::heartbeat::Validity)
+//! makes that window short and rare (it ends before the entry can be judged
+//! stale), not impossible.
 //!
 //! # Backends
 //!
@@ -89,6 +117,8 @@ mod memory;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+mod staleness;
 
 use std::fmt;
 use std::future::Future;
@@ -98,7 +128,8 @@ use std::time::Duration;
 pub use cleanup::{Cleanup, Phase};
 pub use codec::{FieldReader, FieldWriter, Payload};
 pub use error::{
-    BoxError, ChangeLogError, CommitError, DecodeError, FinishError, ManagerConfigError,
+    BoxError, ChangeLogError, CommitError, DecodeError, FencedCommitError, FinishError,
+    ManagerConfigError,
 };
 pub use manager::{ChangeGuard, ChangeManager};
 pub use memory::MemoryChangeLog;
@@ -215,10 +246,32 @@ impl Fence {
     }
 
     /// The generation this fence was issued for (1 for the recording writer,
-    /// incremented by each claim).
+    /// incremented by each claim and each [`ChangeLog::advance`]).
+    ///
+    /// It only grows while the entry exists, so it serves as a *fencing
+    /// token* for a store the changelog cannot join: write it beside your
+    /// data and make your conditional write require that the stored token
+    /// is not greater than yours.
     pub fn generation(&self) -> u64 {
         self.generation
     }
+}
+
+/// The result of [`ChangeLog::advance`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Advanced {
+    /// The entry moved to the next generation; `fence` owns it now and the
+    /// old fence is refused by the store from here on.
+    Held {
+        /// The new fence (same owner, next generation).
+        fence: Fence,
+        /// Whether a fenced commit for the entry has landed
+        /// ([`ClaimedEntry::committed`]).
+        committed: bool,
+    },
+    /// The entry was claimed by another owner, removed, or quarantined.
+    Lost,
 }
 
 /// Whether a fence still owns its entry, as reported by
@@ -255,6 +308,11 @@ pub struct ClaimedEntry {
     /// entry claimed again and again never completes its cleanup (its
     /// recoverers crash on it): a candidate for quarantine.
     pub claims: u32,
+    /// Whether the writer's fenced commit landed (a fenced commit marks the
+    /// entry in the same transaction). `false` also for logs and writers
+    /// that commit without the store's fence: the cleanup must then inspect
+    /// the committed state.
+    pub committed: bool,
 }
 
 /// Whether an entry is live or parked.
@@ -280,8 +338,13 @@ pub struct EntryInfo {
     pub payload: Vec<u8>,
     /// How many times the entry has been claimed.
     pub claims: u32,
-    /// Time since the last refresh (or record, or claim), on the store's clock.
+    /// How long the entry has been seen unchanged (no refresh, no change of
+    /// owner): on this handle's clock, since this handle first saw it so, for
+    /// the SQL backends (zero on a first look); since the last refresh on the
+    /// log's clock for [`MemoryChangeLog`].
     pub age: Duration,
+    /// Whether a fenced commit for the entry has landed.
+    pub committed: bool,
     /// Live or quarantined.
     pub state: EntryState,
 }
@@ -290,7 +353,8 @@ pub struct EntryInfo {
 ///
 /// Implementations must make [`claim_stale`](ChangeLog::claim_stale)
 /// exclusive across every handle on the same store (other processes
-/// included), and judge staleness on the store's clock. The conformance
+/// included), and judge staleness without comparing clocks (see the
+/// [module documentation](self)). The conformance
 /// suite in `tests/changelog_conformance/` states the contract as tests;
 /// every backend runs it.
 ///
@@ -349,11 +413,12 @@ pub trait ChangeLog: Send + Sync + 'static {
     fn remove(&self, fence: &Fence)
     -> impl Future<Output = Result<Removal, ChangeLogError>> + Send;
 
-    /// Atomically claims up to `max` active entries whose last refresh is at
-    /// least [`staleness`](ChangeLog::staleness) old, oldest first: each is
-    /// given to `owner` at the next generation and its age reset. Exactly
-    /// one concurrent claimer wins each entry; the previous owner's fence
-    /// stops working.
+    /// Atomically claims up to `max` active entries that have gone without a
+    /// refresh for at least [`staleness`](ChangeLog::staleness) (as this
+    /// handle observed them), longest-silent first: each is given to `owner`
+    /// at the next generation. Exactly one concurrent claimer wins each
+    /// entry; the previous owner's fence stops working, and a fenced commit
+    /// with it is refused by the store.
     ///
     /// # Errors
     ///
@@ -388,6 +453,35 @@ pub trait ChangeLog: Send + Sync + 'static {
         fence: &Fence,
         reason: &str,
     ) -> impl Future<Output = Result<Ownership, ChangeLogError>> + Send;
+
+    /// Moves the entry `fence` owns to the next generation, same owner, and
+    /// reports whether a fenced commit for it has landed.
+    ///
+    /// A writer whose commit's outcome is unknown (the commit future was
+    /// dropped, the connection was lost) calls this before cleaning up: a
+    /// commit still in flight with the old fence is then refused by the
+    /// store, so what the cleanup reads can no longer change under it.
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped call may have advanced the generation,
+    /// leaving the caller with a fence that no longer works (the entry then
+    /// goes stale and is recovered).
+    fn advance(
+        &self,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<Advanced, ChangeLogError>> + Send;
+
+    /// How long until the next entry this handle has seen may be judged
+    /// stale, if it has seen any; a recovery loop sleeps no longer than this
+    /// when idle. The default says nothing (`None`).
+    fn next_stale_in(&self) -> Option<Duration> {
+        None
+    }
 
     /// A snapshot of one entry, active or quarantined.
     ///
@@ -458,6 +552,17 @@ impl<L: ChangeLog> ChangeLog for Arc<L> {
         reason: &str,
     ) -> impl Future<Output = Result<Ownership, ChangeLogError>> + Send {
         (**self).quarantine(fence, reason)
+    }
+
+    fn advance(
+        &self,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<Advanced, ChangeLogError>> + Send {
+        (**self).advance(fence)
+    }
+
+    fn next_stale_in(&self) -> Option<Duration> {
+        (**self).next_stale_in()
     }
 
     fn get(

@@ -2,25 +2,29 @@
 //! machines.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool};
+use futures::future::BoxFuture;
 use tokio_postgres::Row;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Socket, Statement};
 
+use super::staleness::{Observations, Seen};
 use super::{
-    ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence, OwnerId,
-    Ownership, Removal, to_i64, to_u64,
+    Advanced, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence,
+    FencedCommitError, OwnerId, Ownership, Removal, to_i64, to_u64,
 };
-use crate::postgres::{Connect, PgFailure, millis};
+use crate::clock::Clock;
+use crate::postgres::{Connect, PgFailure};
+use crate::sync::Mutex;
 
 const BACKEND: &str = "postgres";
 
 /// The changelog schema version this crate writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 impl From<PgFailure> for ChangeLogError {
     fn from(failure: PgFailure) -> Self {
@@ -48,14 +52,22 @@ fn pg(error: tokio_postgres::Error) -> ChangeLogError {
 pub struct PostgresChangeLogBuilder {
     connect: Connect,
     staleness: Duration,
-    clock_offset: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl PostgresChangeLogBuilder {
-    /// Entries go stale this long after their last refresh, on the server's
-    /// clock (default 30 s).
+    /// Entries may be claimed once this handle has seen them go this long
+    /// without a refresh (default 30 s).
     pub fn staleness(mut self, staleness: Duration) -> Self {
         self.staleness = staleness;
+        self
+    }
+
+    /// The monotonic clock this handle measures staleness on (default
+    /// [`clock::system`](crate::clock::system), which counts suspended
+    /// time). Tests pass a [`ManualClock`](crate::clock::ManualClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -95,13 +107,6 @@ impl PostgresChangeLogBuilder {
         self
     }
 
-    /// Shifts this handle's reading of the server's clock forward (default
-    /// 0); see [`PostgresChangeLog::shift_clock`]. **For tests only.**
-    pub fn clock_offset(mut self, offset: Duration) -> Self {
-        self.clock_offset = offset;
-        self
-    }
-
     /// Connects and creates the changelog's tables if they do not exist yet
     /// (recording their version in `leasehold_schema`). Any number of
     /// processes may open the same log at once: creation is serialized by a
@@ -120,12 +125,18 @@ impl PostgresChangeLogBuilder {
     /// Cancel safe: the schema is created in one transaction, which a
     /// dropped open rolls back or leaves committed whole.
     pub async fn open(self) -> Result<PostgresChangeLog, ChangeLogError> {
-        let staleness_ms = millis(self.staleness, "staleness")?;
-        let offset_ms = millis(self.clock_offset, "clock offset")?;
+        if self.staleness.is_zero() {
+            return Err(ChangeLogError::Config {
+                reason: "staleness must be greater than zero".into(),
+            });
+        }
         let (pool, tables) = self.connect.pool()?;
         let log = tables.table("leasehold_changelog");
         // An identity column: ids are never reused, so the fence of a
         // removed entry can never match a later entry at the same generation.
+        // `beat` is what staleness is judged on; `committed` is set by a
+        // fenced commit in its own transaction. The timestamps are for people
+        // reading the table; no decision reads them.
         let ddl = format!(
             "CREATE TABLE {log} (
                  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -135,29 +146,32 @@ impl PostgresChangeLogBuilder {
                  recorded_at TIMESTAMPTZ NOT NULL,
                  claims INTEGER NOT NULL DEFAULT 0,
                  quarantined TEXT,
-                 payload BYTEA NOT NULL
-             );
-             CREATE INDEX leasehold_changelog_claimable
-                 ON {log} (refreshed_at, id) WHERE quarantined IS NULL;"
+                 payload BYTEA NOT NULL,
+                 beat BIGINT NOT NULL DEFAULT 0,
+                 committed BOOLEAN NOT NULL DEFAULT false
+             );"
         );
+        let upgrades = [format!(
+            "ALTER TABLE {log} ADD COLUMN beat BIGINT NOT NULL DEFAULT 0;
+             ALTER TABLE {log} ADD COLUMN committed BOOLEAN NOT NULL DEFAULT false;
+             DROP INDEX IF EXISTS {};",
+            tables.table("leasehold_changelog_claimable")
+        )];
         tables
-            .ensure(&pool, "changelog", SCHEMA_VERSION, &ddl)
+            .ensure(&pool, "changelog", SCHEMA_VERSION, &ddl, &upgrades)
             .await?;
         Ok(PostgresChangeLog {
             shared: Arc::new(Shared {
                 pool,
                 schema: tables.schema().map(str::to_owned),
                 staleness: self.staleness,
-                staleness_ms,
-                offset_ms: AtomicI64::new(offset_ms),
+                clock: self.clock,
+                observations: Mutex::new(Observations::default()),
                 sql: Sql::new(&log),
             }),
         })
     }
 }
-
-/// The server's clock plus the handle's test offset (always parameter `$1`).
-const STORE_NOW: &str = "(now() + $1::bigint * interval '1 millisecond')";
 
 /// The statements, with the table name filled in (prepared and cached per
 /// connection on first use).
@@ -165,8 +179,11 @@ struct Sql {
     record: String,
     refresh: String,
     remove: String,
+    scan: String,
     claim: String,
     quarantine: String,
+    advance: String,
+    take_fence: String,
     get: String,
     list: String,
 }
@@ -174,14 +191,12 @@ struct Sql {
 impl Sql {
     fn new(log: &str) -> Self {
         let info = format!(
-            "SELECT id, owner, generation, claims, payload, quarantined,
-                    greatest(0, floor(extract(epoch FROM {STORE_NOW} - refreshed_at) * 1000))::bigint
-             FROM {log}"
+            "SELECT id, owner, generation, claims, payload, quarantined, beat, committed FROM {log}"
         );
         Sql {
             record: format!(
                 "INSERT INTO {log} (owner, generation, refreshed_at, recorded_at, payload)
-                 VALUES ($2, 1, {STORE_NOW}, {STORE_NOW}, $3)
+                 VALUES ($1, 1, now(), now(), $2)
                  RETURNING id"
             ),
             // Conditional on the fence: a removed, claimed or quarantined
@@ -190,8 +205,8 @@ impl Sql {
             // re-checked against the claimed row (generation moved on) and
             // matches nothing.
             refresh: format!(
-                "UPDATE {log} SET refreshed_at = greatest(refreshed_at, {STORE_NOW})
-                 WHERE id = $2 AND owner = $3 AND generation = $4 AND quarantined IS NULL"
+                "UPDATE {log} SET beat = beat + 1, refreshed_at = now()
+                 WHERE id = $1 AND owner = $2 AND generation = $3 AND quarantined IS NULL"
             ),
             // One round trip: the CTE deletes if the fence owns the row; the
             // outer query still sees the statement's snapshot, so it tells
@@ -204,32 +219,47 @@ impl Sql {
                  SELECT (SELECT count(*) FROM deleted),
                         EXISTS (SELECT 1 FROM {log} WHERE id = $1)"
             ),
-            // The whole claim is this one statement. The subquery locks the
-            // rows it selects (FOR UPDATE) and skips rows another claimer has
-            // locked (SKIP LOCKED) instead of waiting for them; a row whose
-            // lock holder committed meanwhile is re-checked on its newest
-            // version, which a claim has made fresh. So each row is updated
-            // by exactly one claimer, which moves it to the next generation
-            // and resets its age.
+            scan: format!("SELECT id, generation, beat FROM {log} WHERE quarantined IS NULL"),
+            // One statement for the whole batch, each row conditional on the
+            // (generation, beat) this handle saw unchanged. The rows are
+            // locked in id order and rows another transaction holds (a claim,
+            // a beat, a fenced commit) are skipped, so claimers never wait for
+            // each other or deadlock; a row changed and committed meanwhile is
+            // re-checked on its newest version, which no longer matches. So
+            // each row is re-owned by exactly one claimer.
             claim: format!(
-                "UPDATE {log}
-                 SET owner = $2, generation = generation + 1, claims = claims + 1,
-                     refreshed_at = greatest(refreshed_at, {STORE_NOW})
-                 WHERE id IN (
-                     SELECT id FROM {log}
-                     WHERE quarantined IS NULL
-                       AND refreshed_at <= {STORE_NOW} - $3::bigint * interval '1 millisecond'
-                     ORDER BY refreshed_at, id
-                     LIMIT $4
-                     FOR UPDATE SKIP LOCKED)
-                 RETURNING id, generation, claims, payload"
+                "WITH seen AS (
+                     SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[])
+                         AS c(id, generation, beat)),
+                 locked AS (
+                     SELECT l.id FROM {log} AS l JOIN seen ON l.id = seen.id
+                     WHERE l.generation = seen.generation AND l.beat = seen.beat
+                       AND l.quarantined IS NULL
+                     ORDER BY l.id
+                     FOR UPDATE OF l SKIP LOCKED)
+                 UPDATE {log} AS l
+                 SET owner = $1, generation = l.generation + 1, claims = l.claims + 1,
+                     beat = l.beat + 1
+                 FROM locked WHERE l.id = locked.id
+                 RETURNING l.id, l.generation, l.claims, l.payload, l.committed"
             ),
             // Idempotent: quarantining again keeps the first reason.
             quarantine: format!(
                 "UPDATE {log} SET quarantined = coalesce(quarantined, $4)
                  WHERE id = $1 AND owner = $2 AND generation = $3"
             ),
-            get: format!("{info} WHERE id = $2"),
+            advance: format!(
+                "UPDATE {log} SET generation = generation + 1, beat = beat + 1
+                 WHERE id = $1 AND owner = $2 AND generation = $3 AND quarantined IS NULL
+                 RETURNING generation, committed"
+            ),
+            // The first statement of a fenced commit: takes the row lock a
+            // claim also needs, until the commit's transaction ends.
+            take_fence: format!(
+                "UPDATE {log} SET committed = true, beat = beat + 1
+                 WHERE id = $1 AND owner = $2 AND generation = $3 AND quarantined IS NULL"
+            ),
+            get: format!("{info} WHERE id = $1"),
             list: format!("{info} ORDER BY id"),
         }
     }
@@ -245,23 +275,31 @@ impl Sql {
 ///
 /// # Exclusive claims
 ///
-/// [`claim_stale`](ChangeLog::claim_stale) is a single
-/// `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING …`:
-/// a row is re-owned only by the statement that holds its row lock, after
-/// checking, on the row's newest version, that it is still stale; the update
-/// moves it to the next generation and makes it fresh, so a concurrent
-/// claimer either skipped it (locked) or finds it no longer stale. Claimers
-/// never wait for each other. Fenced calls are single conditional
-/// statements on `(id, owner, generation)`.
+/// [`claim_stale`](ChangeLog::claim_stale) reads the active entries'
+/// `(id, generation, beat)`, picks those this handle has seen unchanged for
+/// the staleness threshold, and re-owns them with one statement that locks
+/// them (`FOR UPDATE SKIP LOCKED`, in id order) only where the row still
+/// holds the triple it saw. PostgreSQL re-checks a row that another
+/// transaction changed meanwhile on its newest version, which no longer
+/// matches, and claimers skip rather than wait for each other's rows: each
+/// entry is won by exactly one claimer, and claimers never deadlock. Fenced calls are
+/// single conditional statements on `(id, owner, generation)`.
 ///
-/// # The server's clock
+/// # Fenced commits
 ///
-/// Every time is read by the server inside the statement (`now()`, the
-/// start of the statement's transaction) and compared with times the server
-/// itself wrote. No client's clock is ever sent, so clients whose clocks
-/// disagree (by seconds or by hours) still agree on which entries are
-/// stale. The only client-side time is the test hook
-/// [`shift_clock`](Self::shift_clock), which defaults to zero.
+/// [`commit_fenced`](PostgresChangeLog::commit_fenced) runs your statements
+/// in a transaction whose first statement takes the entry's row (checking
+/// the fence) and marks it committed: a claim of the same entry waits for
+/// that transaction and then finds the row changed, or wins first and the
+/// commit finds the fence gone. Keep the tables your commit publishes in
+/// this database.
+///
+/// # No clock comparison
+///
+/// Staleness is measured on this handle's monotonic clock (see the
+/// [module documentation](super)); neither the server's nor any client's
+/// wall clock decides anything, so machines whose clocks disagree or step
+/// still agree on who owns what.
 ///
 /// # Durability
 ///
@@ -301,8 +339,8 @@ struct Shared {
     pool: Pool,
     schema: Option<String>,
     staleness: Duration,
-    staleness_ms: i64,
-    offset_ms: AtomicI64,
+    clock: Arc<dyn Clock>,
+    observations: Mutex<Observations>,
     sql: Sql,
 }
 
@@ -323,7 +361,7 @@ impl PostgresChangeLog {
         PostgresChangeLogBuilder {
             connect,
             staleness: Duration::from_secs(30),
-            clock_offset: Duration::ZERO,
+            clock: crate::clock::system(),
         }
     }
 
@@ -332,34 +370,141 @@ impl PostgresChangeLog {
         self.shared.schema.as_deref()
     }
 
-    /// Moves this handle's (and its clones') reading of the server's clock
-    /// forward by `by`: entries look `by` older to its claims, and its own
-    /// writes are stamped `by` later.
+    /// A pooled connection to the log's database, for your own statements
+    /// (e.g. reading the tables your fenced commits publish).
     ///
-    /// **A testing hook**: it makes entries stale without sleeping. It is
-    /// added to the server's `now()` inside the SQL; production handles
-    /// leave it at 0 (a handle with an offset *is* a client with a skewed
-    /// clock, the very thing server-side time avoids).
-    pub fn shift_clock(&self, by: Duration) {
-        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.shared.offset_ms.fetch_add(by, Ordering::SeqCst);
-    }
-
-    /// This handle's test offset on the server's clock.
-    pub fn clock_offset(&self) -> Duration {
-        Duration::from_millis(to_u64(self.offset()))
-    }
-
-    fn offset(&self) -> i64 {
-        self.shared.offset_ms.load(Ordering::SeqCst)
-    }
-
-    async fn client(&self) -> Result<Object, ChangeLogError> {
+    /// # Errors
+    ///
+    /// [`ChangeLogError::Storage`] if no connection could be had within the
+    /// connect timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn client(&self) -> Result<Object, ChangeLogError> {
         self.shared
             .pool
             .get()
             .await
             .map_err(|error| PgFailure::from_pool(error).into())
+    }
+
+    /// Runs `commit` in one transaction on this log's database, whose first
+    /// statement checks that `fence` still owns its active entry, takes the
+    /// entry's row lock and marks it committed. Keep the tables your commit
+    /// publishes in this database.
+    ///
+    /// A recoverer's claim updates the same row, so it either waits for
+    /// this transaction and then finds the row changed, or wins first and
+    /// this commit finds the fence gone: exactly one wins, whatever the
+    /// timing, even for a writer frozen in the middle of its commit.
+    ///
+    /// `commit` gets the transaction and returns a boxed future, so that it
+    /// may borrow the transaction: `|tx| Box::pin(async move { ... })`.
+    ///
+    /// # Errors
+    ///
+    /// - [`FencedCommitError::Fenced`]: the entry was claimed, removed or
+    ///   quarantined; `commit` was not called, nothing changed;
+    /// - [`FencedCommitError::Rejected`]: `commit` returned an error; the
+    ///   transaction was rolled back;
+    /// - [`FencedCommitError::Store`]: the transaction could not start or
+    ///   the fence check failed to run; nothing changed;
+    /// - [`FencedCommitError::InDoubt`]: `COMMIT` failed (e.g. the
+    ///   connection was lost): it may have landed; settle with
+    ///   [`advance`](ChangeLog::advance).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped call may or may not have committed
+    /// ([`ChangeGuard::commit_fenced`](super::ChangeGuard::commit_fenced)
+    /// records that as [`Phase::InDoubt`](super::Phase::InDoubt)).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use leasehold::changelog::{ChangeLog, OwnerId, PostgresChangeLog};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let log = PostgresChangeLog::builder("postgres://app@db.internal/storage").open().await?;
+    /// let fence = log.record(&OwnerId::unique("writer"), b"put a".to_vec()).await?;
+    /// log.commit_fenced(&fence, |tx| {
+    ///     Box::pin(async move {
+    ///         tx.execute("UPDATE objects SET blob = 'blob-7' WHERE name = 'a'", &[]).await
+    ///     })
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn commit_fenced<'a, T, E, F>(
+        &'a self,
+        fence: &Fence,
+        commit: F,
+    ) -> impl Future<Output = Result<T, FencedCommitError<E>>> + Send + use<'a, T, E, F>
+    where
+        F: for<'t> FnOnce(&'t tokio_postgres::Transaction<'t>) -> BoxFuture<'t, Result<T, E>>
+            + Send
+            + 'a,
+        T: Send + 'a,
+        E: Send + 'a,
+    {
+        let fence = fence.clone();
+        async move { self.commit_fenced_owned(fence, commit).await }
+    }
+
+    async fn commit_fenced_owned<T, E, F>(
+        &self,
+        fence: Fence,
+        commit: F,
+    ) -> Result<T, FencedCommitError<E>>
+    where
+        F: for<'t> FnOnce(&'t tokio_postgres::Transaction<'t>) -> BoxFuture<'t, Result<T, E>>,
+    {
+        let store = FencedCommitError::Store;
+        let mut client = self.client().await.map_err(store)?;
+        let statement = client
+            .prepare_cached(&self.shared.sql.take_fence)
+            .await
+            .map_err(|e| store(pg(e)))?;
+        let tx = client.transaction().await.map_err(|e| store(pg(e)))?;
+        let held = tx
+            .execute(
+                &statement,
+                &[
+                    &to_i64(fence.id().get()),
+                    &fence.owner().as_str(),
+                    &to_i64(fence.generation()),
+                ],
+            )
+            .await
+            .map_err(|e| store(pg(e)))?;
+        if held != 1 {
+            let _ = tx.rollback().await;
+            return Err(FencedCommitError::Fenced);
+        }
+        match commit(&tx).await {
+            Ok(value) => {
+                tx.commit()
+                    .await
+                    .map_err(|e| FencedCommitError::InDoubt(pg(e)))?;
+                Ok(value)
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(FencedCommitError::Rejected(error))
+            }
+        }
+    }
+
+    /// Records what a read just saw of the active entries, for staleness.
+    fn observe_all(&self, rows: Vec<Seen>, max: usize) -> Vec<Seen> {
+        // The instant is taken after the read returned: never earlier than
+        // the moment the server served the rows.
+        let now = self.shared.clock.now();
+        self.shared
+            .observations
+            .lock()
+            .observe_all(rows, now, self.shared.staleness, max)
     }
 
     async fn prepared(
@@ -396,6 +541,14 @@ fn held(changed: u64) -> Ownership {
     }
 }
 
+fn fence_params(fence: &Fence) -> (i64, &str, i64) {
+    (
+        to_i64(fence.id().get()),
+        fence.owner().as_str(),
+        to_i64(fence.generation()),
+    )
+}
+
 impl ChangeLog for PostgresChangeLog {
     fn staleness(&self) -> Duration {
         self.shared.staleness
@@ -405,7 +558,7 @@ impl ChangeLog for PostgresChangeLog {
         let (client, statement) = self.prepared(|s| &s.record).await?;
         // An autocommit statement: committed when the row comes back.
         let row = client
-            .query_one(&statement, &[&self.offset(), &owner.as_str(), &payload])
+            .query_one(&statement, &[&owner.as_str(), &payload])
             .await
             .map_err(pg)?;
         Ok(Fence::new(
@@ -417,16 +570,9 @@ impl ChangeLog for PostgresChangeLog {
 
     async fn refresh(&self, fence: &Fence) -> Result<Ownership, ChangeLogError> {
         let (client, statement) = self.prepared(|s| &s.refresh).await?;
+        let (id, owner, generation) = fence_params(fence);
         let changed = client
-            .execute(
-                &statement,
-                &[
-                    &self.offset(),
-                    &to_i64(fence.id().get()),
-                    &fence.owner().as_str(),
-                    &to_i64(fence.generation()),
-                ],
-            )
+            .execute(&statement, &[&id, &owner, &generation])
             .await
             .map_err(pg)?;
         Ok(held(changed))
@@ -434,21 +580,18 @@ impl ChangeLog for PostgresChangeLog {
 
     async fn remove(&self, fence: &Fence) -> Result<Removal, ChangeLogError> {
         let (client, statement) = self.prepared(|s| &s.remove).await?;
+        let (id, owner, generation) = fence_params(fence);
         let row = client
-            .query_one(
-                &statement,
-                &[
-                    &to_i64(fence.id().get()),
-                    &fence.owner().as_str(),
-                    &to_i64(fence.generation()),
-                ],
-            )
+            .query_one(&statement, &[&id, &owner, &generation])
             .await
             .map_err(pg)?;
         let deleted: i64 = row.get(0);
         let existed: bool = row.get(1);
         Ok(match (deleted, existed) {
-            (1, _) => Removal::Removed,
+            (1, _) => {
+                self.shared.observations.lock().forget(fence.id().get());
+                Removal::Removed
+            }
             (_, true) => Removal::Fenced,
             (_, false) => Removal::Absent,
         })
@@ -462,15 +605,33 @@ impl ChangeLog for PostgresChangeLog {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let (client, statement) = self.prepared(|s| &s.claim).await?;
+        let (client, scan) = self.prepared(|s| &s.scan).await?;
+        let rows = client.query(&scan, &[]).await.map_err(pg)?;
+        let seen = rows
+            .iter()
+            .map(|row| Seen {
+                id: to_u64(row.get(0)),
+                generation: to_u64(row.get(1)),
+                beat: to_u64(row.get(2)),
+            })
+            .collect();
+        let stale = self.observe_all(seen, max);
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = |f: fn(&Seen) -> u64| stale.iter().map(|s| to_i64(f(s))).collect::<Vec<_>>();
+        let claim = client
+            .prepare_cached(&self.shared.sql.claim)
+            .await
+            .map_err(pg)?;
         let rows = client
             .query(
-                &statement,
+                &claim,
                 &[
-                    &self.offset(),
                     &owner.as_str(),
-                    &self.shared.staleness_ms,
-                    &i64::try_from(max).unwrap_or(i64::MAX),
+                    &column(|s| s.id),
+                    &column(|s| s.generation),
+                    &column(|s| s.beat),
                 ],
             )
             .await
@@ -485,51 +646,101 @@ impl ChangeLog for PostgresChangeLog {
                 ),
                 claims: to_u32(row.get(2)),
                 payload: row.get(3),
+                committed: row.get(4),
             })
             .collect();
         claimed.sort_by_key(|entry| entry.fence.id());
+        let mut observations = self.shared.observations.lock();
+        for entry in &claimed {
+            observations.forget(entry.fence.id().get());
+        }
         Ok(claimed)
     }
 
     async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
         let (client, statement) = self.prepared(|s| &s.quarantine).await?;
+        let (id, owner, generation) = fence_params(fence);
         let changed = client
-            .execute(
-                &statement,
-                &[
-                    &to_i64(fence.id().get()),
-                    &fence.owner().as_str(),
-                    &to_i64(fence.generation()),
-                    &reason,
-                ],
-            )
+            .execute(&statement, &[&id, &owner, &generation, &reason])
             .await
             .map_err(pg)?;
         Ok(held(changed))
     }
 
+    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
+        let (client, statement) = self.prepared(|s| &s.advance).await?;
+        let (id, owner, generation) = fence_params(fence);
+        let row = client
+            .query_opt(&statement, &[&id, &owner, &generation])
+            .await
+            .map_err(pg)?;
+        Ok(match row {
+            Some(row) => Advanced::Held {
+                fence: Fence::new(fence.id(), fence.owner().clone(), to_u64(row.get(0))),
+                committed: row.get(1),
+            },
+            None => Advanced::Lost,
+        })
+    }
+
+    fn next_stale_in(&self) -> Option<Duration> {
+        let now = self.shared.clock.now();
+        self.shared
+            .observations
+            .lock()
+            .next_stale_in(now, self.shared.staleness)
+    }
+
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
         let (client, statement) = self.prepared(|s| &s.get).await?;
         let row = client
-            .query_opt(&statement, &[&self.offset(), &to_i64(id.get())])
+            .query_opt(&statement, &[&to_i64(id.get())])
             .await
             .map_err(pg)?;
-        Ok(row.as_ref().map(entry_info))
+        let now = self.shared.clock.now();
+        let mut observations = self.shared.observations.lock();
+        Ok(row
+            .as_ref()
+            .map(|row| entry_info(row, |seen| observations.observe(seen, now))))
     }
 
     async fn list(&self) -> Result<Vec<EntryInfo>, ChangeLogError> {
         let (client, statement) = self.prepared(|s| &s.list).await?;
-        let rows = client
-            .query(&statement, &[&self.offset()])
-            .await
-            .map_err(pg)?;
-        Ok(rows.iter().map(entry_info).collect())
+        let rows = client.query(&statement, &[]).await.map_err(pg)?;
+        // A read of every entry: it counts as an observation for later
+        // claims, like the claim's own read.
+        let active = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<String>>(5).is_none())
+            .map(seen)
+            .collect();
+        self.observe_all(active, 0);
+        let now = self.shared.clock.now();
+        let mut observations = self.shared.observations.lock();
+        Ok(rows
+            .iter()
+            .map(|row| entry_info(row, |seen| observations.observe(seen, now)))
+            .collect())
     }
 }
 
-fn entry_info(row: &Row) -> EntryInfo {
+fn seen(row: &Row) -> Seen {
+    Seen {
+        id: to_u64(row.get(0)),
+        generation: to_u64(row.get(2)),
+        beat: to_u64(row.get(6)),
+    }
+}
+
+/// A row of the `get`/`list` statements; `observe` gives an active entry's
+/// age.
+fn entry_info(row: &Row, observe: impl FnOnce(Seen) -> Duration) -> EntryInfo {
     let owner: String = row.get(1);
     let quarantined: Option<String> = row.get(5);
+    let age = match quarantined {
+        None => observe(seen(row)),
+        Some(_) => Duration::ZERO,
+    };
     EntryInfo {
         fence: Fence::new(
             EntryId::new(to_u64(row.get(0))),
@@ -542,7 +753,8 @@ fn entry_info(row: &Row) -> EntryInfo {
             None => EntryState::Active,
             Some(reason) => EntryState::Quarantined { reason },
         },
-        age: Duration::from_millis(to_u64(row.get(6))),
+        age,
+        committed: row.get(7),
     }
 }
 
@@ -561,7 +773,7 @@ mod tests {
             PostgresChangeLog::builder("postgres://127.0.0.1:1/db").schema(""),
             PostgresChangeLog::builder("postgres://127.0.0.1:1/db").schema("a".repeat(64)),
             PostgresChangeLog::builder("postgres://127.0.0.1:1/db").pool_size(0),
-            PostgresChangeLog::builder("postgres://127.0.0.1:1/db").staleness(Duration::MAX),
+            PostgresChangeLog::builder("postgres://127.0.0.1:1/db").staleness(Duration::ZERO),
         ];
         for builder in cases {
             let error = builder.clone().open().await.unwrap_err();

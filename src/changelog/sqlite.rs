@@ -2,17 +2,19 @@
 //! processes of one machine.
 
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::staleness::{Observations, Seen};
 use super::{
-    ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence, OwnerId,
-    Ownership, Removal, to_i64, to_u64,
+    Advanced, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence,
+    FencedCommitError, OwnerId, Ownership, Removal, to_i64, to_u64,
 };
+use crate::clock::Clock;
 use crate::sqlite::{self, OpenError, Schema, Synchronous};
 use crate::sync::Mutex;
 
@@ -22,9 +24,14 @@ const BACKEND: &str = "sqlite";
 ///
 /// `AUTOINCREMENT`: ids are never reused, so a fence of a removed entry can
 /// never match a later entry at the same generation.
+///
+/// `beat` is the heartbeat counter that staleness is judged on; `committed`
+/// is set by a fenced commit in the commit's own transaction. The wall-clock
+/// columns (`refreshed_ms`, `recorded_ms`) are for people reading the table;
+/// no decision reads them.
 const SCHEMA: Schema = Schema {
     component: "changelog",
-    version: 1,
+    version: 2,
     create: "CREATE TABLE leasehold_changelog (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  owner TEXT NOT NULL,
@@ -33,16 +40,20 @@ const SCHEMA: Schema = Schema {
                  recorded_ms INTEGER NOT NULL,
                  claims INTEGER NOT NULL DEFAULT 0,
                  quarantined TEXT,
-                 payload BLOB NOT NULL
-             );
-             CREATE INDEX leasehold_changelog_claimable
-                 ON leasehold_changelog (refreshed_ms, id) WHERE quarantined IS NULL;",
+                 payload BLOB NOT NULL,
+                 beat INTEGER NOT NULL DEFAULT 0,
+                 committed INTEGER NOT NULL DEFAULT 0
+             );",
+    upgrades: &[
+        "ALTER TABLE leasehold_changelog ADD COLUMN beat INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE leasehold_changelog ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;
+                 DROP INDEX IF EXISTS leasehold_changelog_claimable;",
+    ],
 };
 
-/// The store's clock, in milliseconds since the Unix epoch, read by SQLite
-/// itself from the machine that holds the file. `:off` is the handle's test
-/// offset ([`SqliteChangeLog::shift_clock`]).
-const STORE_NOW_MS: &str = "(CAST(unixepoch('subsec') * 1000 AS INTEGER) + :off)";
+/// The wall clock, in milliseconds since the Unix epoch, for the
+/// informational columns only.
+const WALL_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 /// How durable a committed call is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -65,13 +76,22 @@ pub struct SqliteChangeLogBuilder {
     staleness: Duration,
     busy_timeout: Duration,
     durability: Durability,
-    clock_offset: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl SqliteChangeLogBuilder {
-    /// Entries go stale this long after their last refresh (default 30 s).
+    /// Entries may be claimed once this handle has seen them go this long
+    /// without a refresh (default 30 s).
     pub fn staleness(mut self, staleness: Duration) -> Self {
         self.staleness = staleness;
+        self
+    }
+
+    /// The monotonic clock this handle measures staleness on (default
+    /// [`clock::system`](crate::clock::system), which counts suspended
+    /// time). Tests pass a [`ManualClock`](crate::clock::ManualClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -85,14 +105,6 @@ impl SqliteChangeLogBuilder {
     /// How durable each commit is (default [`Durability::PowerLoss`]).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
-        self
-    }
-
-    /// Shifts this handle's reading of the store clock forward (default 0);
-    /// see [`SqliteChangeLog::shift_clock`]. Lets a test process see
-    /// entries as older than they are, without sleeping.
-    pub fn clock_offset(mut self, offset: Duration) -> Self {
-        self.clock_offset = offset;
         self
     }
 
@@ -123,13 +135,11 @@ impl SqliteChangeLogBuilder {
     ///
     /// As [`open`](Self::open).
     pub fn open_blocking(self) -> Result<SqliteChangeLog, ChangeLogError> {
-        let millis = |d: Duration, what: &str| {
-            i64::try_from(d.as_millis()).map_err(|_| ChangeLogError::Config {
-                reason: format!("{what} {d:?} is out of range"),
-            })
-        };
-        let staleness_ms = millis(self.staleness, "staleness")?;
-        let offset_ms = millis(self.clock_offset, "clock offset")?;
+        if self.staleness.is_zero() {
+            return Err(ChangeLogError::Config {
+                reason: "staleness must be greater than zero".into(),
+            });
+        }
         let synchronous = match self.durability {
             Durability::PowerLoss => Synchronous::Full,
             Durability::ProcessCrash => Synchronous::Normal,
@@ -150,8 +160,8 @@ impl SqliteChangeLogBuilder {
             shared: Arc::new(Shared {
                 path: self.path,
                 staleness: self.staleness,
-                staleness_ms,
-                offset_ms: AtomicI64::new(offset_ms),
+                clock: self.clock,
+                observations: Mutex::new(Observations::default()),
                 conn: Mutex::new(conn),
             }),
         })
@@ -180,19 +190,28 @@ fn storage(error: rusqlite::Error) -> ChangeLogError {
 ///
 /// # Exclusive claims
 ///
-/// [`claim_stale`](ChangeLog::claim_stale) runs in a `BEGIN IMMEDIATE`
-/// transaction: it takes the database's single write lock *before* reading,
-/// so no other connection (in this or another process) can claim between its
-/// selection of stale rows and their re-ownership. The update moves each row
-/// to the next generation and resets its age, so the next claimer to get
-/// the lock no longer finds it stale. Fenced calls are single conditional
-/// statements on `(id, owner, generation)`.
+/// [`claim_stale`](ChangeLog::claim_stale) reads the active entries'
+/// `(id, generation, beat)`, picks those this handle has seen unchanged for
+/// the staleness threshold, and re-owns them in one `BEGIN IMMEDIATE`
+/// transaction, each with an update conditional on the triple it saw. A
+/// concurrent claimer, a beat or a fenced commit that got the write lock
+/// first has changed the row, so the update matches nothing: each entry is
+/// won by exactly one. Fenced calls are single conditional statements on
+/// `(id, owner, generation)`.
 ///
-/// # The store's clock
+/// # Fenced commits
 ///
-/// Times are read by SQLite inside the statements (`unixepoch('subsec')`),
-/// from the clock of the machine that holds the file — the same for every
-/// process that can open it. No process's own monotonic clock is stored.
+/// [`commit_fenced`](SqliteChangeLog::commit_fenced) runs your statements
+/// in the log's own database file, in the same `BEGIN IMMEDIATE`
+/// transaction as the check that your fence still owns the entry: keep the
+/// tables your commit publishes in this file, and a writer that paused
+/// anywhere can never publish after recovery claimed its entry.
+///
+/// # No wall clock
+///
+/// Staleness is measured on this handle's monotonic clock (see the
+/// [module documentation](super)); the wall-clock columns of the table are
+/// informational.
 ///
 /// # Examples
 ///
@@ -219,8 +238,8 @@ pub struct SqliteChangeLog {
 struct Shared {
     path: PathBuf,
     staleness: Duration,
-    staleness_ms: i64,
-    offset_ms: AtomicI64,
+    clock: Arc<dyn Clock>,
+    observations: Mutex<Observations>,
     conn: Mutex<Connection>,
 }
 
@@ -232,7 +251,7 @@ impl SqliteChangeLog {
             staleness: Duration::from_secs(30),
             busy_timeout: Duration::from_secs(5),
             durability: Durability::default(),
-            clock_offset: Duration::ZERO,
+            clock: crate::clock::system(),
         }
     }
 
@@ -241,15 +260,124 @@ impl SqliteChangeLog {
         &self.shared.path
     }
 
-    /// Moves this handle's (and its clones') reading of the store clock
-    /// forward by `by`: entries look `by` older to its claims, and its own
-    /// writes are stamped `by` later.
+    /// Runs `commit` in one `BEGIN IMMEDIATE` transaction on this log's
+    /// database file, after checking, in that transaction, that `fence`
+    /// still owns its active entry; marks the entry committed in the same
+    /// transaction. Keep the tables your commit publishes in this file.
     ///
-    /// A testing hook: it makes entries stale without sleeping. Handles that
-    /// share a file should agree on the offset in production (leave it 0).
-    pub fn shift_clock(&self, by: Duration) {
-        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.shared.offset_ms.fetch_add(by, Ordering::SeqCst);
+    /// A recoverer's claim needs the same write lock and changes the row this
+    /// checks, so a claim and a fenced commit of one entry are serialized
+    /// and exactly one of them wins: a writer frozen at any point (before the
+    /// check, waiting for the lock, between statements) can only commit if
+    /// its entry was not claimed meanwhile. `commit` runs on tokio's blocking
+    /// pool; it must not use this log (its connection is busy with the
+    /// transaction).
+    ///
+    /// # Errors
+    ///
+    /// - [`FencedCommitError::Fenced`]: the entry was claimed, removed or
+    ///   quarantined; `commit` was not called, nothing changed;
+    /// - [`FencedCommitError::Rejected`]: `commit` returned an error; the
+    ///   transaction was rolled back;
+    /// - [`FencedCommitError::Store`]: the transaction could not start
+    ///   (e.g. [`ChangeLogError::Busy`]); nothing changed;
+    /// - [`FencedCommitError::InDoubt`]: `COMMIT` failed, or the blocking
+    ///   worker went away; settle with [`advance`](ChangeLog::advance).
+    ///
+    /// # Panics
+    ///
+    /// A panic in `commit` rolls the transaction back and resumes here.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped call keeps running on the blocking pool,
+    /// and its outcome is then unknown to the caller
+    /// ([`ChangeGuard::commit_fenced`](super::ChangeGuard::commit_fenced)
+    /// records that as [`Phase::InDoubt`](super::Phase::InDoubt)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leasehold::changelog::{ChangeLog, FencedCommitError, OwnerId, SqliteChangeLog};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("store.db");
+    /// let log = SqliteChangeLog::builder(&path).open().await?;
+    /// // The metadata the commit publishes lives in the same file.
+    /// rusqlite::Connection::open(&path)?
+    ///     .execute_batch("CREATE TABLE objects (name TEXT PRIMARY KEY, blob TEXT NOT NULL)")?;
+    ///
+    /// let fence = log.record(&OwnerId::new("writer"), b"put a".to_vec()).await?;
+    /// log.commit_fenced(&fence, |tx| {
+    ///     tx.execute("INSERT INTO objects VALUES ('a', 'blob-7')", [])
+    /// })
+    /// .await?;
+    /// assert!(log.get(fence.id()).await?.unwrap().committed);
+    ///
+    /// // Once the entry is gone (or claimed), the same fence commits nothing.
+    /// log.remove(&fence).await?;
+    /// let late = log.commit_fenced(&fence, |tx| tx.execute("DELETE FROM objects", [])).await;
+    /// assert!(matches!(late, Err(FencedCommitError::Fenced)));
+    /// # Ok(()) }
+    /// ```
+    pub fn commit_fenced<T, E, F>(
+        &self,
+        fence: &Fence,
+        commit: F,
+    ) -> impl Future<Output = Result<T, FencedCommitError<E>>> + Send + use<T, E, F>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let fence = fence.clone();
+        let shared = Arc::clone(&self.shared);
+        async move { Self::commit_fenced_on(shared, fence, commit).await }
+    }
+
+    async fn commit_fenced_on<T, E, F>(
+        shared: Arc<Shared>,
+        fence: Fence,
+        commit: F,
+    ) -> Result<T, FencedCommitError<E>>
+    where
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut conn = shared.conn.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| FencedCommitError::Store(storage(e)))?;
+            // Take the fence and mark the entry in one statement, under the
+            // write lock a claim also needs. A claimed, removed or
+            // quarantined entry matches no row.
+            let held = tx
+                .prepare_cached(
+                    "UPDATE leasehold_changelog SET committed = 1, beat = beat + 1
+                     WHERE id = ?1 AND owner = ?2 AND generation = ?3 AND quarantined IS NULL",
+                )
+                .and_then(|mut stmt| stmt.execute(fence_params(&fence)))
+                .map_err(|e| FencedCommitError::Store(storage(e)))?;
+            if held != 1 {
+                return Err(FencedCommitError::Fenced); // dropping `tx` rolls back
+            }
+            let value = commit(&tx).map_err(FencedCommitError::Rejected)?;
+            tx.commit()
+                .map_err(|e| FencedCommitError::InDoubt(storage(e)))?;
+            Ok(value)
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(FencedCommitError::InDoubt(
+                ChangeLogError::WorkerUnavailable { backend: BACKEND },
+            )),
+        }
     }
 
     /// Runs `f` with the connection on tokio's blocking pool.
@@ -269,9 +397,23 @@ impl SqliteChangeLog {
 }
 
 impl Shared {
-    fn offset(&self) -> i64 {
-        self.offset_ms.load(Ordering::SeqCst)
+    /// Records what a read just saw of the active entries, for staleness.
+    fn observe_all(&self, rows: Vec<Seen>, max: usize) -> Vec<Seen> {
+        // The instant is taken after the read returned: never earlier than
+        // the moment the store served the rows.
+        let now = self.clock.now();
+        self.observations
+            .lock()
+            .observe_all(rows, now, self.staleness, max)
     }
+}
+
+fn fence_params(fence: &Fence) -> [rusqlite::types::Value; 3] {
+    [
+        to_i64(fence.id().get()).into(),
+        fence.owner().as_str().to_owned().into(),
+        to_i64(fence.generation()).into(),
+    ]
 }
 
 impl fmt::Debug for SqliteChangeLog {
@@ -296,15 +438,11 @@ impl ChangeLog for SqliteChangeLog {
         let owner = owner.clone();
         let sql = format!(
             "INSERT INTO leasehold_changelog (owner, generation, refreshed_ms, recorded_ms, payload)
-             VALUES (:owner, 1, {STORE_NOW_MS}, {STORE_NOW_MS}, :payload)"
+             VALUES (?1, 1, {WALL_MS}, {WALL_MS}, ?2)"
         );
-        self.run(move |conn, shared| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            stmt.execute(rusqlite::named_params! {
-                ":owner": owner.as_str(),
-                ":off": shared.offset(),
-                ":payload": payload,
-            })?;
+        self.run(move |conn, _| {
+            conn.prepare_cached(&sql)?
+                .execute(params![owner.as_str(), payload])?;
             // The autocommit statement has committed (and, by the
             // configured durability, synced) when `execute` returns.
             let id = conn.last_insert_rowid();
@@ -316,22 +454,14 @@ impl ChangeLog for SqliteChangeLog {
     async fn refresh(&self, fence: &Fence) -> Result<Ownership, ChangeLogError> {
         let fence = fence.clone();
         let sql = format!(
-            "UPDATE leasehold_changelog SET refreshed_ms = max(refreshed_ms, {STORE_NOW_MS})
-             WHERE id = :id AND owner = :owner AND generation = :generation
-               AND quarantined IS NULL"
+            "UPDATE leasehold_changelog SET beat = beat + 1, refreshed_ms = {WALL_MS}
+             WHERE id = ?1 AND owner = ?2 AND generation = ?3 AND quarantined IS NULL"
         );
-        self.run(move |conn, shared| {
+        self.run(move |conn, _| {
             // Conditional on the fence: a removed, claimed or quarantined
             // entry matches no row, so a late heartbeat can neither recreate
             // nor re-own it.
-            let changed = conn
-                .prepare_cached(&sql)?
-                .execute(rusqlite::named_params! {
-                    ":id": to_i64(fence.id().get()),
-                    ":owner": fence.owner().as_str(),
-                    ":generation": to_i64(fence.generation()),
-                    ":off": shared.offset(),
-                })?;
+            let changed = conn.prepare_cached(&sql)?.execute(fence_params(&fence))?;
             Ok(if changed == 1 {
                 Ownership::Held
             } else {
@@ -343,26 +473,22 @@ impl ChangeLog for SqliteChangeLog {
 
     async fn remove(&self, fence: &Fence) -> Result<Removal, ChangeLogError> {
         let fence = fence.clone();
-        self.run(move |conn, _| {
-            let id = to_i64(fence.id().get());
+        self.run(move |conn, shared| {
             let deleted = conn
                 .prepare_cached(
                     "DELETE FROM leasehold_changelog
                      WHERE id = ?1 AND owner = ?2 AND generation = ?3",
                 )?
-                .execute(params![
-                    id,
-                    fence.owner().as_str(),
-                    to_i64(fence.generation())
-                ])?;
+                .execute(fence_params(&fence))?;
             if deleted == 1 {
+                shared.observations.lock().forget(fence.id().get());
                 return Ok(Removal::Removed);
             }
             // Nothing deleted: tell "already gone" from "someone else's now".
             // Ids are never reused, so an existing row is a later generation.
             let exists = conn
                 .prepare_cached("SELECT 1 FROM leasehold_changelog WHERE id = ?1")?
-                .exists(params![id])?;
+                .exists(params![to_i64(fence.id().get())])?;
             Ok(if exists {
                 Removal::Fenced
             } else {
@@ -381,57 +507,70 @@ impl ChangeLog for SqliteChangeLog {
             return Ok(Vec::new());
         }
         let owner = owner.clone();
-        let now_sql = format!("SELECT {STORE_NOW_MS}");
         self.run(move |conn, shared| {
-            // BEGIN IMMEDIATE takes the write lock before the selection: no
-            // other connection, in any process, can claim (or refresh) between
-            // our read of the stale rows and their re-ownership below.
+            // A plain read (a WAL snapshot; it takes no write lock).
+            let rows = conn
+                .prepare_cached(
+                    "SELECT id, generation, beat FROM leasehold_changelog
+                     WHERE quarantined IS NULL",
+                )?
+                .query_map([], |row| {
+                    Ok(Seen {
+                        id: to_u64(row.get(0)?),
+                        generation: to_u64(row.get(1)?),
+                        beat: to_u64(row.get(2)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let stale = shared.observe_all(rows, max);
+            if stale.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Each update is conditional on the triple this handle saw
+            // unchanged: whoever changed the row first (a beat, a fenced
+            // commit, another claimer) makes it match nothing.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // The store's clock, read once for the whole claim.
-            let now: i64 = tx.query_row(
-                &now_sql,
-                rusqlite::named_params! {":off": shared.offset()},
-                |row| row.get(0),
-            )?;
-            let mut claimed = {
+            let mut claimed = Vec::with_capacity(stale.len());
+            {
                 let mut stmt = tx.prepare_cached(
                     "UPDATE leasehold_changelog
                      SET owner = ?1, generation = generation + 1, claims = claims + 1,
-                         refreshed_ms = max(refreshed_ms, ?2)
-                     WHERE id IN (
-                         SELECT id FROM leasehold_changelog
-                         WHERE quarantined IS NULL AND refreshed_ms <= ?2 - ?3
-                         ORDER BY refreshed_ms, id
-                         LIMIT ?4)
-                     RETURNING id, generation, claims, payload, refreshed_ms",
+                         beat = beat + 1
+                     WHERE id = ?2 AND generation = ?3 AND beat = ?4 AND quarantined IS NULL
+                     RETURNING generation, claims, payload, committed",
                 )?;
-                let rows = stmt.query_map(
-                    params![
-                        owner.as_str(),
-                        now,
-                        shared.staleness_ms,
-                        i64::try_from(max).unwrap_or(i64::MAX)
-                    ],
-                    |row| {
-                        Ok((
-                            row.get::<_, i64>(4)?,
-                            ClaimedEntry {
-                                fence: Fence::new(
-                                    EntryId::new(to_u64(row.get(0)?)),
-                                    owner.clone(),
-                                    to_u64(row.get(1)?),
-                                ),
-                                claims: to_u32(row.get(2)?),
-                                payload: row.get(3)?,
+                for seen in &stale {
+                    let won = stmt
+                        .query_row(
+                            params![
+                                owner.as_str(),
+                                to_i64(seen.id),
+                                to_i64(seen.generation),
+                                to_i64(seen.beat)
+                            ],
+                            |row| {
+                                Ok(ClaimedEntry {
+                                    fence: Fence::new(
+                                        EntryId::new(seen.id),
+                                        owner.clone(),
+                                        to_u64(row.get(0)?),
+                                    ),
+                                    claims: to_u32(row.get(1)?),
+                                    payload: row.get(2)?,
+                                    committed: row.get(3)?,
+                                })
                             },
-                        ))
-                    },
-                )?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
+                        )
+                        .optional()?;
+                    claimed.extend(won);
+                }
+            }
             tx.commit()?;
-            claimed.sort_by_key(|(_, entry)| entry.fence.id());
-            Ok(claimed.into_iter().map(|(_, entry)| entry).collect())
+            let mut observations = shared.observations.lock();
+            for entry in &claimed {
+                observations.forget(entry.fence.id().get());
+            }
+            Ok(claimed)
         })
         .await
     }
@@ -461,15 +600,45 @@ impl ChangeLog for SqliteChangeLog {
         .await
     }
 
+    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
+        let fence = fence.clone();
+        self.run(move |conn, _| {
+            let advanced = conn
+                .prepare_cached(
+                    "UPDATE leasehold_changelog SET generation = generation + 1, beat = beat + 1
+                     WHERE id = ?1 AND owner = ?2 AND generation = ?3 AND quarantined IS NULL
+                     RETURNING generation, committed",
+                )?
+                .query_row(fence_params(&fence), |row| {
+                    Ok(Advanced::Held {
+                        fence: Fence::new(fence.id(), fence.owner().clone(), to_u64(row.get(0)?)),
+                        committed: row.get(1)?,
+                    })
+                })
+                .optional()?;
+            Ok(advanced.unwrap_or(Advanced::Lost))
+        })
+        .await
+    }
+
+    fn next_stale_in(&self) -> Option<Duration> {
+        let now = self.shared.clock.now();
+        self.shared
+            .observations
+            .lock()
+            .next_stale_in(now, self.shared.staleness)
+    }
+
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
-        let sql = format!("{SELECT_INFO} WHERE id = :id");
+        let sql = format!("{SELECT_INFO} WHERE id = ?1");
         self.run(move |conn, shared| {
-            conn.prepare_cached(&sql)?
-                .query_row(
-                    rusqlite::named_params! {":off": shared.offset(), ":id": to_i64(id.get())},
-                    entry_info,
-                )
-                .optional()
+            let row = conn
+                .prepare_cached(&sql)?
+                .query_row(params![to_i64(id.get())], Row::read)
+                .optional()?;
+            let now = shared.clock.now();
+            let mut observations = shared.observations.lock();
+            Ok(row.map(|row| row.info(|seen| observations.observe(seen, now))))
         })
         .await
     }
@@ -477,36 +646,79 @@ impl ChangeLog for SqliteChangeLog {
     async fn list(&self) -> Result<Vec<EntryInfo>, ChangeLogError> {
         let sql = format!("{SELECT_INFO} ORDER BY id");
         self.run(move |conn, shared| {
-            conn.prepare_cached(&sql)?
-                .query_map(
-                    rusqlite::named_params! {":off": shared.offset()},
-                    entry_info,
-                )?
-                .collect()
+            let rows = conn
+                .prepare_cached(&sql)?
+                .query_map([], Row::read)?
+                .collect::<Result<Vec<_>, _>>()?;
+            // A read of every entry: it counts as an observation for later
+            // claims, like the claim's own read.
+            let active = rows.iter().filter_map(Row::active).collect();
+            shared.observe_all(active, 0);
+            let now = shared.clock.now();
+            let mut observations = shared.observations.lock();
+            Ok(rows
+                .into_iter()
+                .map(|row| row.info(|seen| observations.observe(seen, now)))
+                .collect())
         })
         .await
     }
 }
 
-const SELECT_INFO: &str = "SELECT id, owner, generation, claims, payload, quarantined,
-        max(0, (CAST(unixepoch('subsec') * 1000 AS INTEGER) + :off) - refreshed_ms)
+const SELECT_INFO: &str =
+    "SELECT id, owner, generation, claims, payload, quarantined, beat, committed
      FROM leasehold_changelog";
 
-fn entry_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<EntryInfo> {
-    let owner: String = row.get(1)?;
-    let quarantined: Option<String> = row.get(5)?;
-    Ok(EntryInfo {
-        fence: Fence::new(
-            EntryId::new(to_u64(row.get(0)?)),
-            OwnerId::new(owner),
-            to_u64(row.get(2)?),
-        ),
-        claims: to_u32(row.get(3)?),
-        payload: row.get(4)?,
-        state: match quarantined {
-            None => EntryState::Active,
-            Some(reason) => EntryState::Quarantined { reason },
-        },
-        age: Duration::from_millis(to_u64(row.get(6)?)),
-    })
+/// One row of [`SELECT_INFO`].
+struct Row {
+    seen: Seen,
+    owner: String,
+    claims: i64,
+    payload: Vec<u8>,
+    quarantined: Option<String>,
+    committed: bool,
+}
+
+impl Row {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        Ok(Row {
+            seen: Seen {
+                id: to_u64(row.get(0)?),
+                generation: to_u64(row.get(2)?),
+                beat: to_u64(row.get(6)?),
+            },
+            owner: row.get(1)?,
+            claims: row.get(3)?,
+            payload: row.get(4)?,
+            quarantined: row.get(5)?,
+            committed: row.get(7)?,
+        })
+    }
+
+    fn active(&self) -> Option<Seen> {
+        self.quarantined.is_none().then_some(self.seen)
+    }
+
+    /// The snapshot; `observe` gives the age of an active entry.
+    fn info(self, mut observe: impl FnMut(Seen) -> Duration) -> EntryInfo {
+        let age = match self.quarantined {
+            None => observe(self.seen),
+            Some(_) => Duration::ZERO,
+        };
+        EntryInfo {
+            fence: Fence::new(
+                EntryId::new(self.seen.id),
+                OwnerId::new(self.owner),
+                self.seen.generation,
+            ),
+            claims: to_u32(self.claims),
+            payload: self.payload,
+            state: match self.quarantined {
+                None => EntryState::Active,
+                Some(reason) => EntryState::Quarantined { reason },
+            },
+            age,
+            committed: self.committed,
+        }
+    }
 }

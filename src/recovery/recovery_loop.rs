@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::{Either, select};
 
@@ -299,7 +299,14 @@ where
             }
             Ok(batch) if batch.is_empty() => {
                 backoff.reset();
-                self.config.clock.sleep(self.config.idle_wait).await;
+                // Wake when the next entry this handle watches may be judged
+                // stale, if that comes before the idle wait ends: a dead
+                // writer's entry is claimed within staleness plus one poll.
+                let idle = self.config.idle_wait;
+                let wait = self.log.next_stale_in().map_or(idle, |ripe| {
+                    ripe.clamp(idle.min(Duration::from_millis(10)), idle)
+                });
+                self.config.clock.sleep(wait).await;
             }
             Ok(batch) => {
                 backoff.reset();
@@ -375,9 +382,16 @@ where
             }
         };
         backoff.reset();
+        // The store knows whether a fenced commit landed; otherwise the
+        // cleanup must find out.
+        let phase = if entry.committed {
+            Phase::Committed
+        } else {
+            Phase::Unknown
+        };
         for attempt in 1..=self.config.cleanup_attempts {
             let cleaned = validity
-                .run_while_valid(self.cleanup.cleanup(&payload, Phase::Unknown))
+                .run_while_valid(self.cleanup.cleanup(&payload, phase))
                 .await;
             match cleaned {
                 // Validity lapsed mid-cleanup: the entry may be someone

@@ -6,13 +6,21 @@
 //! | you want to wait until… | async | blocking thread |
 //! |---|---|---|
 //! | a condition on the value holds | [`wait_for`] | [`blocking_wait_for`], [`_deadline`], [`_timeout`] |
-//! | a condition holds, and take something out of the value | [`wait_for_map`] | [`blocking_wait_for_map`], [`_map_deadline`], [`_map_timeout`] |
-//! | anything changed since a version you saw | [`changed`] | [`blocking_changed`] |
+//! | a condition holds, and copy something out of the value | [`wait_for_map`] | [`blocking_wait_for_map`], [`_map_deadline`], [`_map_timeout`] |
+//! | there is something to take, and take it (a work queue: one item, one taker) | [`wait_take`] | [`blocking_wait_take`], [`_take_deadline`], [`_take_timeout`] |
+//! | anything changed since a version you saw | [`changed`] | [`blocking_changed`], [`_changed_deadline`], [`_changed_timeout`] |
 //!
 //! Prefer a predicate wait over [`changed`]: the modifier tests your
 //! predicate for you under the lock, so you are woken exactly once, when it
 //! holds. `changed` wakes on every notifying modification, like
-//! `tokio::sync::watch`.
+//! `tokio::sync::watch`; pair it with [`read_and_mark`] (tokio's
+//! `borrow_and_update`) to read the value and mark what you read as seen in
+//! one step.
+//!
+//! `wait_for_map` copies out of a state that any number of waiters may see;
+//! `wait_take` *changes* the state for the waiter it satisfies (pops the
+//! job), so the next waiter in line is tested on what is left. Takers are
+//! served in the order they registered.
 //!
 //! # Differences from the peers
 //!
@@ -21,9 +29,32 @@
 //!   evaluates each waiting predicate on the new state, under the lock, and
 //!   wakes only those that hold: a waiter is never woken to find its predicate
 //!   false, and no wake-up can be lost between a waiter's check and its sleep.
-//! - **`Condvar`** serves threads only and leaves the re-check loop to the
-//!   caller. Every wait here exists in an async and a blocking form with the
+//! - **Every state counts, not just the latest.** Because the modifier tests
+//!   predicates on each state it makes, a state that held only briefly
+//!   satisfies [`wait_for`] (and [`wait_for_map`] yields what that state held),
+//!   even if it was overwritten before the waiter ran. tokio's `watch` only
+//!   ever shows a receiver the latest value, so it misses such a state.
+//! - **`Condvar` + `notify_one`** hands a work item to one waiter, which then
+//!   re-locks and re-checks (and may lose the item to a thread that was not
+//!   waiting). [`wait_take`] applies the waiter's take in the modifier's
+//!   critical section: the item is the waiter's before it is even woken.
+//!   `Condvar` serves threads only and leaves the re-check loop to the
+//!   caller; every wait here exists in an async and a blocking form with the
 //!   same semantics, on the same cell.
+//! - **Deadlines.** A blocking wait whose predicate is satisfied by a
+//!   modification racing its deadline returns the result: success wins over
+//!   the timeout, and a taken item is never dropped. `parking_lot`'s
+//!   `Condvar::wait_until` reports the timeout in that race and leaves the
+//!   re-check to the caller.
+//! - **Close.** [`close`] ends every wait whose predicate does not hold on
+//!   the final value with [`Closed`]; a wait (current or started later) whose
+//!   predicate holds on the value as it is gets its result, so takers drain
+//!   a closed queue before seeing `Closed`. This matches tokio's `watch`,
+//!   which still shows a receiver the last value after the sender is gone,
+//!   and `mpsc`, which delivers buffered messages after close.
+//!   Registered waiters were tested on every state up to the close, so
+//!   closing wakes exactly those, with `Closed`; the value stays readable and
+//!   modifiable.
 //! - **No guards.** Access is scoped to a closure ([`read`], [`modify`]), so a
 //!   guard can never be held across an `.await`; both work outside any runtime
 //!   and from `Drop`.
@@ -31,24 +62,40 @@
 //!   lock, still notifying waiters of whatever it changed. A predicate that
 //!   panics while a modifier evaluates it is caught; the panic resumes on the
 //!   waiter's own thread.
-//! - **Explicit shutdown.** [`close`] fails every current and future wait with
-//!   [`Closed`]; there is no need to model shutdown as an in-band flag.
+//! - **Cooperative.** Async waits spend tokio's task budget, like tokio's own
+//!   primitives: a loop over a wait that is always ready still yields to the
+//!   scheduler.
 //!
-//! Predicates run under the cell's lock, possibly on a modifier's thread: keep
-//! them short, and do not touch the same cell from inside one (the lock is
-//! not re-entrant, so that would deadlock). The same holds for the closures
-//! passed to [`read`] and [`modify`].
+//! # What runs under the lock
+//!
+//! Predicates (and take closures) run under the cell's lock, possibly on a
+//! modifier's thread: keep them short, and do not touch the same cell from
+//! inside one (the lock is not re-entrant, so that would deadlock). The same
+//! holds for the closures passed to [`read`], [`modify`] and friends.
+//!
+//! Nothing else of yours does. Wakers are cloned before the lock is taken,
+//! and woken or dropped after it is released, so a waker whose `clone`,
+//! `wake` or `drop` touches the cell is fine. If a waker panics, every other
+//! waiter of the same modification is still woken, then the first such panic
+//! resumes in the modifier (after its change was made and published).
 //!
 //! [`wait_for`]: WatchCell::wait_for
 //! [`wait_for_map`]: WatchCell::wait_for_map
+//! [`wait_take`]: WatchCell::wait_take
 //! [`changed`]: WatchCell::changed
+//! [`read_and_mark`]: WatchCell::read_and_mark
 //! [`blocking_wait_for`]: WatchCell::blocking_wait_for
 //! [`_deadline`]: WatchCell::blocking_wait_for_deadline
 //! [`_timeout`]: WatchCell::blocking_wait_for_timeout
 //! [`blocking_wait_for_map`]: WatchCell::blocking_wait_for_map
 //! [`_map_deadline`]: WatchCell::blocking_wait_for_map_deadline
 //! [`_map_timeout`]: WatchCell::blocking_wait_for_map_timeout
+//! [`blocking_wait_take`]: WatchCell::blocking_wait_take
+//! [`_take_deadline`]: WatchCell::blocking_wait_take_deadline
+//! [`_take_timeout`]: WatchCell::blocking_wait_take_timeout
 //! [`blocking_changed`]: WatchCell::blocking_changed
+//! [`_changed_deadline`]: WatchCell::blocking_changed_deadline
+//! [`_changed_timeout`]: WatchCell::blocking_changed_timeout
 //! [`read`]: WatchCell::read
 //! [`modify`]: WatchCell::modify
 //! [`close`]: WatchCell::close
@@ -57,6 +104,7 @@ mod error;
 mod wait;
 mod waiter;
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -67,12 +115,13 @@ pub use error::{Closed, WaitTimeoutError};
 use crate::sync::{Arc, Mutex};
 use wait::Wait;
 pub(crate) use waiter::WakeList;
-use waiter::{Changed, Map, Predicate, Until, Waiter, WaiterList};
+use waiter::{Changed, Map, Predicate, Take, Until, Waiter, WaiterList};
 
 /// The number of notifying modifications a cell has seen.
 ///
-/// Starts at zero; every [`WatchCell::modify`] (and every
-/// [`WatchCell::modify_if`] that reports a change) increments it.
+/// Starts at zero; every [`WatchCell::modify`], every
+/// [`WatchCell::modify_if`] that reports a change, and every successful take
+/// ([`WatchCell::wait_take`]) increments it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Version(u64);
 
@@ -99,7 +148,8 @@ impl fmt::Display for Version {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct WatchStats {
-    /// Notifying modifications (equals the current [`Version`]).
+    /// Notifying modifications, takes included (equals the current
+    /// [`Version`]).
     pub notifications: u64,
     /// Waiters woken: because their predicate held, because it panicked on a
     /// modifier's thread, or because the cell closed.
@@ -163,26 +213,53 @@ struct State<T> {
     predicate_evals: u64,
 }
 
+/// The outcome of the owner-side check made before registering.
+enum Attempt<O> {
+    /// The wait is over: the predicate holds, or it does not and the cell is
+    /// closed.
+    Done(Result<O, Closed>),
+    /// Register and wait.
+    Wait,
+    /// The predicate panicked; resume the panic once the lock is released.
+    Panicked(Box<dyn Any + Send>),
+}
+
 impl<T> State<T> {
-    /// The owner-side check made before registering: `Some` if the wait is
-    /// over (closed, or the predicate already holds).
+    /// The owner-side check made before registering. The predicate is tested
+    /// even on a closed cell: a wait whose predicate holds on the final value
+    /// gets it. A take that succeeds (or panics) here is a notifying
+    /// modification: the returned wake-ups are to be delivered after
+    /// unlocking.
     fn try_complete<P: Predicate<T>>(
         &mut self,
         node: &Waiter<P>,
-    ) -> Option<Result<P::Output, Closed>> {
-        if self.closed {
-            return Some(Err(Closed));
-        }
+    ) -> (Attempt<P::Output>, WakeList) {
         self.predicate_evals += 1;
-        node.test_unregistered(&self.value, self.version)
-            .then(|| Ok(node.take_output()))
+        let version = self.version;
+        let tested = catch_unwind(AssertUnwindSafe(|| {
+            node.test_unregistered(&mut self.value, version)
+        }));
+        let wakes = match tested {
+            Ok(true) | Err(_) if P::TAKES => self.notify(),
+            _ => WakeList::default(),
+        };
+        let attempt = match tested {
+            Ok(true) => Attempt::Done(Ok(node.take_output())),
+            Ok(false) if self.closed => Attempt::Done(Err(Closed)),
+            Ok(false) => Attempt::Wait,
+            Err(payload) => Attempt::Panicked(payload),
+        };
+        (attempt, wakes)
     }
 
-    /// Bumps the version and completes the waiters whose predicate now holds.
+    /// Bumps the version and completes the waiters whose predicate now holds
+    /// (each take among them bumps it again).
     fn notify(&mut self) -> WakeList {
         self.version.0 += 1;
         let mut wakes = WakeList::default();
-        self.predicate_evals += self.waiters.notify(&self.value, self.version, &mut wakes);
+        self.predicate_evals += self
+            .waiters
+            .notify(&mut self.value, &mut self.version, &mut wakes);
         self.wakeups += wakes.len() as u64;
         wakes
     }
@@ -230,6 +307,27 @@ impl<T> WatchCell<T> {
         f(&state.value, state.version)
     }
 
+    /// Runs `f` on the current value and sets `seen` to that value's
+    /// [`Version`], in one step: the counterpart of tokio's
+    /// `borrow_and_update`. A later [`changed(seen)`](Self::changed) then
+    /// waits for a modification made after this read, never for one already
+    /// read.
+    ///
+    /// The lock is held only while `f` runs; `f` must not access this cell.
+    ///
+    /// ```
+    /// let cell = leasehold::WatchCell::new(0);
+    /// let mut seen = cell.version();
+    /// cell.modify(|v| *v = 5);
+    /// assert_eq!(cell.read_and_mark(&mut seen, |v| *v), 5);
+    /// assert_eq!(seen, cell.version());
+    /// ```
+    pub fn read_and_mark<R>(&self, seen: &mut Version, f: impl FnOnce(&T) -> R) -> R {
+        let state = self.shared.state.lock();
+        *seen = state.version;
+        f(&state.value)
+    }
+
     /// Modifies the value with `f`, then wakes the waiters whose predicate
     /// holds on the new value. Always notifies; see
     /// [`modify_if`](Self::modify_if) to skip notification when nothing
@@ -241,6 +339,8 @@ impl<T> WatchCell<T> {
     ///
     /// If `f` panics, the panic propagates after waiters were notified of
     /// whatever `f` changed before panicking (the cell is not poisoned).
+    /// If a waiter's waker panics when woken, the other waiters are still
+    /// woken, then that panic propagates; the modification stands.
     ///
     /// ```
     /// let cell = leasehold::WatchCell::new(0_u64);
@@ -261,7 +361,8 @@ impl<T> WatchCell<T> {
     /// # Panics
     ///
     /// If `f` panics, waiters are notified (it may have changed the value)
-    /// and the panic propagates.
+    /// and the panic propagates. A panicking waker: as for
+    /// [`modify`](Self::modify).
     ///
     /// ```
     /// let cell = leasehold::WatchCell::new(10_u64);
@@ -279,6 +380,10 @@ impl<T> WatchCell<T> {
     }
 
     /// Replaces the value, notifying waiters; returns the old value.
+    ///
+    /// # Panics
+    ///
+    /// If a waiter's waker panics: as for [`modify`](Self::modify).
     ///
     /// ```
     /// let cell = leasehold::WatchCell::new("old");
@@ -314,7 +419,8 @@ impl<T> WatchCell<T> {
                 // so none misses a state its predicate accepts.
                 let wakes = state.notify();
                 drop(state);
-                drop(wakes);
+                // The modification's own panic wins over a waker's.
+                let _ = catch_unwind(AssertUnwindSafe(|| drop(wakes)));
                 resume_unwind(payload)
             }
         }
@@ -325,17 +431,29 @@ impl<T> WatchCell<T> {
         self.shared.state.lock().version
     }
 
-    /// Closes the cell: every current wait returns [`Closed`], and so does
-    /// every later one. The value stays readable and modifiable.
+    /// Closes the cell: every current wait returns [`Closed`] (its predicate
+    /// was tested on every state, the final one included, and did not hold).
+    /// A later wait tests its predicate once on the value as it is: if it
+    /// holds, the wait returns its result, otherwise [`Closed`] at once. The
+    /// value stays readable and modifiable.
     ///
     /// Returns `true` if this call closed the cell, `false` if it was closed
     /// already.
     ///
+    /// # Panics
+    ///
+    /// If a waiter's waker panics: as for [`modify`](Self::modify).
+    ///
     /// ```
-    /// let cell = leasehold::WatchCell::new(0);
-    /// assert!(cell.close());
-    /// assert!(!cell.close());
-    /// assert_eq!(cell.blocking_wait_for(|_| true), Err(leasehold::watch_cell::Closed));
+    /// use leasehold::watch_cell::Closed;
+    ///
+    /// let queue = leasehold::WatchCell::new(vec![1, 2]);
+    /// assert!(queue.close());
+    /// assert!(!queue.close());
+    /// // Takers drain what is left, then learn that nothing more will come.
+    /// assert_eq!(queue.blocking_wait_take(|jobs| jobs.pop()), Ok(2));
+    /// assert_eq!(queue.blocking_wait_take(|jobs| jobs.pop()), Ok(1));
+    /// assert_eq!(queue.blocking_wait_take(|jobs| jobs.pop()), Err(Closed));
     /// ```
     pub fn close(&self) -> bool {
         let mut state = self.shared.state.lock();
@@ -396,8 +514,8 @@ impl<T> WatchCell<T> {
     ///
     /// # Errors
     ///
-    /// [`Closed`] if the cell is or becomes closed, even if the predicate
-    /// holds.
+    /// [`Closed`] if the cell is or becomes closed while the predicate does
+    /// not hold (a wait on a closed cell whose predicate holds succeeds).
     ///
     /// # Panics
     ///
@@ -444,7 +562,8 @@ impl<T> WatchCell<T> {
     ///
     /// # Errors
     ///
-    /// [`Closed`] if the cell is or becomes closed.
+    /// [`Closed`] if the cell is or becomes closed while the predicate does
+    /// not hold.
     ///
     /// # Panics
     ///
@@ -475,15 +594,99 @@ impl<T> WatchCell<T> {
         Wait::new(&self.shared, Map::new(f))
     }
 
-    /// Waits until the version is greater than `since`, and returns the new
-    /// version. Resolves at once if it already is.
+    /// Waits until `f` returns `Some(x)`, with `f` given the value mutably,
+    /// and returns `x`: an exclusive hand-off, such as taking one job out of
+    /// a queue.
     ///
-    /// Wakes on every notifying modification: prefer
-    /// [`wait_for`](Self::wait_for) when you wait for a condition.
+    /// `f` runs under the lock, here or on the thread of the modifier that
+    /// made the state it accepts. When it returns `Some`, what it did to the
+    /// value stands and counts as a notifying modification: the version
+    /// moves on and every other waiter is tested on the value `f` left
+    /// (a waiter for "the queue is empty" is woken by the take that emptied
+    /// it). One pushed job therefore wakes exactly one taker, and takers are
+    /// served in the order they registered. When `f` returns `None` it should
+    /// leave the value alone: a change it makes anyway stands, but notifies
+    /// nobody, like [`modify_if`](Self::modify_if) returning `false`.
+    ///
+    /// `f` and `x` are `'static` for the reason given at
+    /// [`wait_for`](Self::wait_for).
     ///
     /// # Errors
     ///
-    /// [`Closed`] if the cell is or becomes closed.
+    /// [`Closed`] if the cell is or becomes closed while `f` finds nothing to
+    /// take. A wait started on a closed cell still takes what is there, so
+    /// takers drain a closed queue before they see `Closed`.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, on this task or on a modifier's thread, the panic
+    /// resumes here; what `f` did to the value before panicking stands and
+    /// notifies the other waiters.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe once it has taken: if the future is dropped after a
+    /// modifier ran `f` successfully for it but before it is polled again,
+    /// `x` is dropped with it (the take stands). Use it where dropping `x` is
+    /// harmless, or do not cancel a registered take (for example, do not race
+    /// it in `select!` against a branch that wins while it is pending). Before
+    /// a take it is cancel safe as [`wait_for`](Self::wait_for) is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::VecDeque;
+    /// use leasehold::WatchCell;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let queue = WatchCell::new(VecDeque::new());
+    /// let workers: Vec<_> = (0..3)
+    ///     .map(|_| {
+    ///         let queue = queue.clone();
+    ///         tokio::spawn(async move { queue.wait_take(|jobs: &mut VecDeque<u32>| jobs.pop_front()).await })
+    ///     })
+    ///     .collect();
+    /// while queue.stats().waiters < 3 {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// queue.modify(|jobs| jobs.push_back(7));
+    /// // One job, one wake-up: the longest-waiting worker took it.
+    /// assert_eq!(queue.stats().wakeups, 1);
+    /// assert_eq!(queue.stats().waiters, 2);
+    /// queue.modify(|jobs| jobs.extend([8, 9]));
+    /// let mut taken: Vec<u32> = Vec::new();
+    /// for worker in workers {
+    ///     taken.push(worker.await.unwrap().unwrap());
+    /// }
+    /// assert_eq!(taken, [7, 8, 9]);
+    /// # }
+    /// ```
+    pub fn wait_take<'a, U, F>(&'a self, f: F) -> impl Future<Output = Result<U, Closed>> + 'a
+    where
+        F: FnMut(&mut T) -> Option<U> + Send + 'static,
+        U: Send + 'static,
+    {
+        Wait::new(&self.shared, Take::new(f))
+    }
+
+    /// Waits until the version is greater than `since`, and returns the
+    /// latest version: the one current when this call returns, which counts
+    /// every modification made up to then, not just the first one past
+    /// `since`. Resolves at once if the version is already past `since`.
+    ///
+    /// Like `tokio::sync::watch::Receiver::changed`, which marks the newest
+    /// value seen when it returns. Wakes on every notifying modification:
+    /// prefer [`wait_for`](Self::wait_for) when you wait for a condition.
+    ///
+    /// To read the value and learn which version you read, in one step (the
+    /// counterpart of tokio's `borrow_and_update`), follow it with
+    /// [`read_and_mark`](Self::read_and_mark): a modification made between
+    /// `changed` returning and your read is then not reported again.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] if the cell is or becomes closed with the version still at
+    /// `since`. A change made before the cell closed is reported first.
     ///
     /// # Cancel safety
     ///
@@ -495,9 +698,14 @@ impl<T> WatchCell<T> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let cell = leasehold::WatchCell::new(0);
-    /// let seen = cell.version();
+    /// let mut seen = cell.version();
     /// cell.modify(|v| *v = 1);
-    /// assert!(cell.changed(seen).await.unwrap() > seen);
+    /// cell.modify(|v| *v = 2);
+    /// cell.changed(seen).await.unwrap();
+    /// // Read and mark what was read as seen: the next `changed` waits for a
+    /// // modification made after this read.
+    /// assert_eq!(cell.read_and_mark(&mut seen, |v| *v), 2);
+    /// assert_eq!(seen.get(), 2);
     /// # }
     /// ```
     pub fn changed(&self, since: Version) -> impl Future<Output = Result<Version, Closed>> + '_ {
@@ -512,7 +720,8 @@ impl<T> WatchCell<T> {
     ///
     /// # Errors
     ///
-    /// [`Closed`] if the cell is or becomes closed.
+    /// [`Closed`] if the cell is or becomes closed while the predicate does
+    /// not hold.
     ///
     /// # Panics
     ///
@@ -541,11 +750,13 @@ impl<T> WatchCell<T> {
     ///
     /// The deadline is absolute: spurious wake-ups do not extend it. If a
     /// modification satisfies the predicate while the wait is timing out, the
-    /// wait succeeds.
+    /// wait succeeds (where `parking_lot`'s `Condvar::wait_until` would report
+    /// a timeout): a result that was produced for this waiter is never lost.
     ///
     /// # Errors
     ///
-    /// [`WaitTimeoutError::Closed`] if the cell is or becomes closed;
+    /// [`WaitTimeoutError::Closed`] if the cell is or becomes closed while
+    /// the predicate does not hold;
     /// [`WaitTimeoutError::TimedOut`] if the deadline passes first.
     ///
     /// # Panics
@@ -609,7 +820,8 @@ impl<T> WatchCell<T> {
     ///
     /// # Errors
     ///
-    /// [`Closed`] if the cell is or becomes closed.
+    /// [`Closed`] if the cell is or becomes closed while the predicate does
+    /// not hold.
     ///
     /// # Panics
     ///
@@ -699,11 +911,13 @@ impl<T> WatchCell<T> {
             .wait_blocking(Map::new(f), deadline_after(timeout))
     }
 
-    /// Blocks until the version is greater than `since`; returns the new one.
+    /// Blocks until the version is greater than `since`; returns the latest
+    /// version, as [`changed`](Self::changed) does.
     ///
     /// # Errors
     ///
-    /// [`Closed`] if the cell is or becomes closed.
+    /// [`Closed`] if the cell is or becomes closed with the version still at
+    /// `since`.
     ///
     /// # Examples
     ///
@@ -717,6 +931,164 @@ impl<T> WatchCell<T> {
         self.shared
             .wait_blocking(Changed { since, seen: since }, None)
             .map_err(|_| Closed)
+    }
+
+    /// Like [`blocking_changed`](Self::blocking_changed), giving up at
+    /// `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_wait_for_deadline`](Self::blocking_wait_for_deadline).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::watch_cell::WaitTimeoutError;
+    /// use std::time::Instant;
+    ///
+    /// let cell = leasehold::WatchCell::new(0);
+    /// let seen = cell.version();
+    /// assert_eq!(cell.blocking_changed_deadline(seen, Instant::now()), Err(WaitTimeoutError::TimedOut));
+    /// cell.modify(|v| *v += 1);
+    /// assert_eq!(cell.blocking_changed_deadline(seen, Instant::now()).unwrap().get(), 1);
+    /// ```
+    pub fn blocking_changed_deadline(
+        &self,
+        since: Version,
+        deadline: Instant,
+    ) -> Result<Version, WaitTimeoutError> {
+        self.shared
+            .wait_blocking(Changed { since, seen: since }, Some(deadline))
+    }
+
+    /// Like [`blocking_changed`](Self::blocking_changed), giving up after
+    /// `timeout` (a deadline computed once, at the call).
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_wait_for_deadline`](Self::blocking_wait_for_deadline).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let cell = leasehold::WatchCell::new(0);
+    /// let seen = cell.version();
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| cell.modify(|v| *v += 1));
+    ///     assert!(cell.blocking_changed_timeout(seen, Duration::from_secs(60)).unwrap() > seen);
+    /// });
+    /// ```
+    pub fn blocking_changed_timeout(
+        &self,
+        since: Version,
+        timeout: Duration,
+    ) -> Result<Version, WaitTimeoutError> {
+        self.shared
+            .wait_blocking(Changed { since, seen: since }, deadline_after(timeout))
+    }
+
+    /// Blocks until `f` returns `Some(x)`, with `f` given the value mutably,
+    /// and returns `x`. Same semantics as [`wait_take`](Self::wait_take):
+    /// an exclusive hand-off, one taker served per item, oldest first.
+    ///
+    /// `f` may borrow from the caller's stack: it lives in this frame.
+    ///
+    /// # Errors
+    ///
+    /// [`Closed`] if the cell is or becomes closed while `f` finds nothing to
+    /// take.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, here or on a modifier's thread, the panic resumes here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let queue = leasehold::WatchCell::new(Vec::<u32>::new());
+    /// std::thread::scope(|s| {
+    ///     let worker = s.spawn(|| queue.blocking_wait_take(|jobs| jobs.pop()));
+    ///     queue.modify(|jobs| jobs.push(7));
+    ///     assert_eq!(worker.join().unwrap(), Ok(7));
+    /// });
+    /// assert!(queue.read(|jobs| jobs.is_empty()));
+    /// ```
+    pub fn blocking_wait_take<U, F>(&self, f: F) -> Result<U, Closed>
+    where
+        F: FnMut(&mut T) -> Option<U> + Send,
+        U: Send,
+    {
+        self.shared
+            .wait_blocking(Take::new(f), None)
+            .map_err(|_| Closed)
+    }
+
+    /// Like [`blocking_wait_take`](Self::blocking_wait_take), giving up at
+    /// `deadline`. A take made while the wait is timing out wins: the item is
+    /// returned, never lost.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_wait_for_deadline`](Self::blocking_wait_for_deadline).
+    ///
+    /// # Panics
+    ///
+    /// As [`blocking_wait_take`](Self::blocking_wait_take).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::watch_cell::WaitTimeoutError;
+    /// use std::time::Instant;
+    ///
+    /// let queue = leasehold::WatchCell::new(vec![1_u32]);
+    /// assert_eq!(queue.blocking_wait_take_deadline(|jobs| jobs.pop(), Instant::now()), Ok(1));
+    /// assert_eq!(queue.blocking_wait_take_deadline(|jobs| jobs.pop(), Instant::now()), Err(WaitTimeoutError::TimedOut));
+    /// ```
+    pub fn blocking_wait_take_deadline<U, F>(
+        &self,
+        f: F,
+        deadline: Instant,
+    ) -> Result<U, WaitTimeoutError>
+    where
+        F: FnMut(&mut T) -> Option<U> + Send,
+        U: Send,
+    {
+        self.shared.wait_blocking(Take::new(f), Some(deadline))
+    }
+
+    /// Like [`blocking_wait_take`](Self::blocking_wait_take), giving up after
+    /// `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`blocking_wait_for_deadline`](Self::blocking_wait_for_deadline).
+    ///
+    /// # Panics
+    ///
+    /// As [`blocking_wait_take`](Self::blocking_wait_take).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let queue = leasehold::WatchCell::new(vec!["job"]);
+    /// assert_eq!(queue.blocking_wait_take_timeout(|jobs| jobs.pop(), Duration::from_secs(1)), Ok("job"));
+    /// ```
+    pub fn blocking_wait_take_timeout<U, F>(
+        &self,
+        f: F,
+        timeout: Duration,
+    ) -> Result<U, WaitTimeoutError>
+    where
+        F: FnMut(&mut T) -> Option<U> + Send,
+        U: Send,
+    {
+        self.shared
+            .wait_blocking(Take::new(f), deadline_after(timeout))
     }
 }
 

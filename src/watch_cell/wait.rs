@@ -2,12 +2,13 @@
 //! Both share the registration protocol of `waiter.rs`.
 
 use std::future::Future;
+use std::panic::resume_unwind;
 use std::pin::{Pin, pin};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Instant;
 
 use super::waiter::{Completion, IDLE, Predicate, Unparker, WAITING, Waiter};
-use super::{Closed, Shared, WaitTimeoutError};
+use super::{Attempt, Closed, Shared, WaitTimeoutError};
 use crate::sync;
 
 /// The state of one wait, from the owner's side.
@@ -44,6 +45,13 @@ impl<'a, T, P: 'static> Wait<'a, T, P> {
     }
 }
 
+// SAFETY: a shared `&Wait` gives access to nothing: every field is private,
+// and the only methods, `poll` and `drop`, take `Pin<&mut Self>` / `&mut
+// self`, which a `&Wait` cannot produce. Sharing references between threads
+// therefore cannot race on the node, whatever `T` and `P` are (tokio's wait
+// futures make the same argument).
+unsafe impl<T, P> Sync for Wait<'_, T, P> {}
+
 impl<T, P> Future for Wait<'_, T, P>
 where
     P: Predicate<T> + Send + 'static,
@@ -52,47 +60,59 @@ where
     type Output = Result<P::Output, Closed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // An always-ready wait in a loop must still let the scheduler run
+        // other tasks: spend tokio's task budget, yielding when it is spent.
+        let budget = ready!(sync::poll_proceed(cx));
         // SAFETY: `node` is never moved out of the pinned future; the other
         // fields are plain data.
         let this = unsafe { self.get_unchecked_mut() };
-        match this.phase {
+        let result = match this.phase {
             Phase::Init => {
+                // Cloned before locking: waker code never runs under the lock.
+                let waker = cx.waker().clone();
                 let mut state = this.shared.state.lock();
-                if let Some(result) = state.try_complete(&this.node) {
-                    this.phase = Phase::Done;
-                    return Poll::Ready(result);
-                }
-                // SAFETY: we hold the lock; the node is pinned inside this
-                // future, whose `Drop` unregisters it. If the future is leaked
-                // instead, pinning keeps the node's memory alive for good, and
-                // the predicate is `'static`, so every later call to it by a
-                // modifier touches live data only.
-                unsafe {
-                    state
-                        .waiters
-                        .push(&this.node, Unparker::Task(cx.waker().clone()))
-                };
-                this.phase = Phase::Registered;
-                Poll::Pending
-            }
-            Phase::Registered => {
-                if this.node.state() == WAITING {
-                    let _state = this.shared.state.lock();
-                    // Re-check under the lock: only lock holders complete nodes.
-                    if this.node.state() == WAITING {
-                        // SAFETY: we hold the lock and the node is `WAITING`.
-                        unsafe { this.node.set_unparker(cx.waker()) };
+                let (attempt, wakes) = state.try_complete(&this.node);
+                let result = match attempt {
+                    Attempt::Done(result) => result,
+                    Attempt::Wait => {
+                        // SAFETY: we hold the lock; the node is pinned inside
+                        // this future, whose `Drop` unregisters it. If the
+                        // future is leaked instead, pinning keeps the node's
+                        // memory alive for good, and the predicate is
+                        // `'static`, so every later call to it by a modifier
+                        // touches live data only.
+                        unsafe { state.waiters.push(&this.node, Unparker::Task(waker)) };
+                        this.phase = Phase::Registered;
                         return Poll::Pending;
                     }
+                    Attempt::Panicked(payload) => {
+                        this.phase = Phase::Done;
+                        drop(state);
+                        drop(wakes);
+                        resume_unwind(payload)
+                    }
+                };
+                drop(state);
+                drop(wakes);
+                drop(waker);
+                result
+            }
+            Phase::Registered => {
+                if this.shared.still_waiting(&this.node, cx.waker()) {
+                    return Poll::Pending;
                 }
-                this.phase = Phase::Done;
-                Poll::Ready(match this.node.completion() {
-                    Completion::Satisfied(output) => Ok(output),
+                match this.node.completion() {
+                    Completion::Satisfied(output) => {
+                        Ok(P::finish(output, || this.shared.state.lock().version))
+                    }
                     Completion::Closed => Err(Closed),
-                })
+                }
             }
             Phase::Done => panic!("`WatchCell` wait future polled after completion"),
-        }
+        };
+        this.phase = Phase::Done;
+        budget.made_progress();
+        Poll::Ready(result)
     }
 }
 
@@ -105,6 +125,38 @@ impl<T, P> Drop for Wait<'_, T, P> {
 }
 
 impl<T> Shared<T> {
+    /// On a re-poll: whether the node is still registered, with `waker` (a
+    /// clone of it) as its unparker. The clone is made, and the replaced waker
+    /// dropped, outside the lock (invariant 5).
+    fn still_waiting<P>(&self, node: &Waiter<P>, waker: &Waker) -> bool {
+        if node.state() != WAITING {
+            return false;
+        }
+        {
+            let _state = self.state.lock();
+            // Re-check under the lock: only lock holders complete nodes.
+            if node.state() != WAITING {
+                return false;
+            }
+            // SAFETY: we hold the lock and the node is `WAITING`.
+            if unsafe { node.will_wake(waker) } {
+                return true;
+            }
+        }
+        let waker = Unparker::Task(waker.clone());
+        let state = self.state.lock();
+        if node.state() != WAITING {
+            drop(state);
+            drop(waker);
+            return false;
+        }
+        // SAFETY: we hold the lock and the node is `WAITING`.
+        let replaced = unsafe { node.replace_unparker(waker) };
+        drop(state);
+        drop(replaced);
+        true
+    }
+
     /// Removes a registered node if no modifier completed it first.
     ///
     /// After this returns, no modifier holds or will take a reference to the
@@ -118,7 +170,10 @@ impl<T> Shared<T> {
         let mut state = self.state.lock();
         if node.state() == WAITING {
             // SAFETY: we hold the lock and the node is `WAITING` in this list.
-            unsafe { state.waiters.remove(node) };
+            let unparker = unsafe { state.waiters.remove(node) };
+            drop(state);
+            // The waker is dropped after unlocking (invariant 5).
+            drop(unparker);
         }
     }
 
@@ -135,23 +190,37 @@ impl<T> Shared<T> {
     {
         let node = pin!(Waiter::new(predicate));
         let node: &Waiter<P> = &node;
+        let thread = sync::current();
         {
             let mut state = self.state.lock();
-            if let Some(result) = state.try_complete(node) {
-                return result.map_err(WaitTimeoutError::from);
+            let (attempt, wakes) = state.try_complete(node);
+            match attempt {
+                Attempt::Done(result) => {
+                    drop(state);
+                    drop(wakes);
+                    return result.map_err(WaitTimeoutError::from);
+                }
+                Attempt::Panicked(payload) => {
+                    drop(state);
+                    drop(wakes);
+                    resume_unwind(payload)
+                }
+                Attempt::Wait => {}
             }
             if deadline.is_some_and(|deadline| sync::now() >= deadline) {
                 return Err(WaitTimeoutError::TimedOut);
             }
             // SAFETY: we hold the lock; the node is pinned in this frame and
             // `_registration` below unregisters it on every exit path.
-            unsafe { state.waiters.push(node, Unparker::Thread(sync::current())) };
+            unsafe { state.waiters.push(node, Unparker::Thread(thread)) };
         }
         let _registration = Registration { shared: self, node };
         loop {
             if node.state() != WAITING {
                 return match node.completion() {
-                    Completion::Satisfied(output) => Ok(output),
+                    Completion::Satisfied(output) => {
+                        Ok(P::finish(output, || self.state.lock().version))
+                    }
                     Completion::Closed => Err(WaitTimeoutError::Closed),
                 };
             }

@@ -20,13 +20,25 @@
 //!    last access to the node, so an owner that loads a non-`WAITING` state
 //!    with `Acquire` may read the outcome and free the node without locking.
 //! 4. Registration evaluates the predicate and pushes the node in the same
-//!    critical section, and every notifying modification evaluates every
-//!    registered node in its critical section: no modification can fall
-//!    between a waiter's check and its registration (no lost wake-up).
+//!    critical section, and every notifying modification (a take included)
+//!    evaluates every registered node on the new state in its critical
+//!    section: no modification can fall between a waiter's check and its
+//!    registration (no lost wake-up), and every registered predicate is false
+//!    on the current state.
+//! 5. No waker is cloned, woken or dropped under the lock: clones are made
+//!    before locking, and unparkers leave the list (into a [`WakeList`], or
+//!    back to the owner) to be woken or dropped after unlocking.
+//!
+//! # Order
+//!
+//! The list keeps registration order (FIFO): a modification evaluates the
+//! oldest waiter first, so when one item can satisfy only one taker, the
+//! longest-waiting taker gets it. An owner's removal leaves a hole that the
+//! next notification (or a push, once holes outnumber nodes) compacts.
 
 use std::any::Any;
 use std::marker::PhantomPinned;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr::NonNull;
 use std::task::Waker;
 
@@ -48,12 +60,24 @@ pub(super) const PANICKED: u8 = 4;
 pub(super) trait Predicate<T> {
     type Output;
 
+    /// Whether a successful test modified the value (`wait_take`): the cell
+    /// then counts it as a notifying modification.
+    const TAKES: bool = false;
+
     /// Tests the state. On `true`, the predicate keeps whatever it extracted
-    /// for [`take_output`](Predicate::take_output).
-    fn test(&mut self, value: &T, version: Version) -> bool;
+    /// for [`take_output`](Predicate::take_output). Only a `TAKES` predicate
+    /// modifies `value`.
+    fn test(&mut self, value: &mut T, version: Version) -> bool;
 
     /// The output of the last successful [`test`](Predicate::test).
     fn take_output(&mut self) -> Self::Output;
+
+    /// Adjusts the output when the owner collects it after being woken;
+    /// `latest` reads the cell's current version (under its lock).
+    #[inline]
+    fn finish(output: Self::Output, _latest: impl FnOnce() -> Version) -> Self::Output {
+        output
+    }
 }
 
 /// `wait_for`: a boolean predicate over the value.
@@ -63,7 +87,7 @@ impl<T, F: FnMut(&T) -> bool> Predicate<T> for Until<F> {
     type Output = ();
 
     #[inline]
-    fn test(&mut self, value: &T, _: Version) -> bool {
+    fn test(&mut self, value: &mut T, _: Version) -> bool {
         (self.0)(value)
     }
 
@@ -87,7 +111,7 @@ impl<T, U, F: FnMut(&T) -> Option<U>> Predicate<T> for Map<F, U> {
     type Output = U;
 
     #[inline]
-    fn test(&mut self, value: &T, _: Version) -> bool {
+    fn test(&mut self, value: &mut T, _: Version) -> bool {
         self.output = (self.f)(value);
         self.output.is_some()
     }
@@ -97,6 +121,37 @@ impl<T, U, F: FnMut(&T) -> Option<U>> Predicate<T> for Map<F, U> {
         self.output
             .take()
             .expect("a satisfied map predicate holds its output")
+    }
+}
+
+/// `wait_take`: a closure that may modify the value, and whose `Some` both
+/// satisfies the wait and makes its modification a notifying one.
+pub(super) struct Take<F, U> {
+    f: F,
+    output: Option<U>,
+}
+
+impl<F, U> Take<F, U> {
+    pub(super) fn new(f: F) -> Self {
+        Self { f, output: None }
+    }
+}
+
+impl<T, U, F: FnMut(&mut T) -> Option<U>> Predicate<T> for Take<F, U> {
+    type Output = U;
+    const TAKES: bool = true;
+
+    #[inline]
+    fn test(&mut self, value: &mut T, _: Version) -> bool {
+        self.output = (self.f)(value);
+        self.output.is_some()
+    }
+
+    #[inline]
+    fn take_output(&mut self) -> U {
+        self.output
+            .take()
+            .expect("a satisfied take holds its output")
     }
 }
 
@@ -110,7 +165,7 @@ impl<T> Predicate<T> for Changed {
     type Output = Version;
 
     #[inline]
-    fn test(&mut self, _: &T, version: Version) -> bool {
+    fn test(&mut self, _: &mut T, version: Version) -> bool {
         self.seen = version;
         version > self.since
     }
@@ -118,6 +173,14 @@ impl<T> Predicate<T> for Changed {
     #[inline]
     fn take_output(&mut self) -> Version {
         self.seen
+    }
+
+    /// The latest version, not the first one past `since`: modifications
+    /// made between the wake-up and the owner's return are reported too, so
+    /// a value read next is not reported again by `changed(returned)`.
+    #[inline]
+    fn finish(seen: Version, latest: impl FnOnce() -> Version) -> Version {
+        latest().max(seen)
     }
 }
 
@@ -159,11 +222,14 @@ pub(super) struct Waiter<P> {
 trait Node<T> {
     fn header(&self) -> &Header;
 
+    /// Whether a successful (or panicking) test may have modified the value.
+    fn takes(&self) -> bool;
+
     /// # Safety
     ///
     /// The caller holds the cell's lock and the node is registered, so no one
     /// else touches the predicate.
-    unsafe fn test(&self, value: &T, version: Version) -> bool;
+    unsafe fn test(&self, value: &mut T, version: Version) -> bool;
 }
 
 impl<T, P: Predicate<T>> Node<T> for Waiter<P> {
@@ -171,7 +237,11 @@ impl<T, P: Predicate<T>> Node<T> for Waiter<P> {
         &self.header
     }
 
-    unsafe fn test(&self, value: &T, version: Version) -> bool {
+    fn takes(&self) -> bool {
+        P::TAKES
+    }
+
+    unsafe fn test(&self, value: &mut T, version: Version) -> bool {
         // SAFETY: exclusive access per this function's contract.
         self.predicate
             .with_mut(|p| unsafe { (*p).test(value, version) })
@@ -208,7 +278,7 @@ impl<P> Waiter<P> {
     /// Tests the predicate from the owner's side, before registration.
     ///
     /// The caller holds the cell's lock. A panic unwinds on the owner's thread.
-    pub(super) fn test_unregistered<T>(&self, value: &T, version: Version) -> bool
+    pub(super) fn test_unregistered<T>(&self, value: &mut T, version: Version) -> bool
     where
         P: Predicate<T>,
     {
@@ -251,26 +321,40 @@ impl<P> Waiter<P> {
         }
     }
 
-    /// Replaces the unparker of a registered node.
+    /// Whether the registered unparker would wake the same task as `waker`.
+    /// Compares pointers only: no waker code runs.
     ///
     /// # Safety
     ///
     /// The caller holds the cell's lock and the node is `WAITING`.
-    pub(super) unsafe fn set_unparker(&self, waker: &Waker) {
-        self.header.unparker.with_mut(|u| {
+    pub(super) unsafe fn will_wake(&self, waker: &Waker) -> bool {
+        self.header.unparker.with(|u| {
             // SAFETY: guarded by the lock per the contract.
-            let slot = unsafe { &mut *u };
-            match slot {
-                Some(Unparker::Task(current)) if current.will_wake(waker) => {}
-                _ => *slot = Some(Unparker::Task(waker.clone())),
-            }
-        });
+            matches!(unsafe { &*u }, Some(Unparker::Task(current)) if current.will_wake(waker))
+        })
+    }
+
+    /// Replaces the unparker of a registered node, returning the old one for
+    /// the caller to drop after unlocking (invariant 5).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the cell's lock and the node is `WAITING`.
+    pub(super) unsafe fn replace_unparker(&self, unparker: Unparker) -> Option<Unparker> {
+        // SAFETY: guarded by the lock per the contract.
+        self.header
+            .unparker
+            .with_mut(|u| unsafe { (*u).replace(unparker) })
     }
 }
 
-/// The registered waiters of one cell. Accessed only under the cell's lock.
+/// The registered waiters of one cell, in registration order. Accessed only
+/// under the cell's lock.
 pub(super) struct WaiterList<T> {
-    nodes: Vec<NonNull<dyn Node<T>>>,
+    /// `None` is a hole left by an owner's removal.
+    slots: Vec<Option<NonNull<dyn Node<T>>>>,
+    /// Registered nodes (the `Some` slots).
+    live: usize,
 }
 
 // SAFETY: the list is only reachable through the cell's mutex. The nodes it
@@ -281,14 +365,17 @@ unsafe impl<T: Send> Send for WaiterList<T> {}
 
 impl<T> WaiterList<T> {
     pub(super) const fn new() -> Self {
-        Self { nodes: Vec::new() }
+        Self {
+            slots: Vec::new(),
+            live: 0,
+        }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.nodes.len()
+        self.live
     }
 
-    /// Registers `node`, to be woken through `unparker`.
+    /// Registers `node` at the tail, to be woken through `unparker`.
     ///
     /// # Safety
     ///
@@ -302,69 +389,99 @@ impl<T> WaiterList<T> {
         P::Output: Send,
         T: 'a,
     {
+        if self.slots.len() - self.live > self.live {
+            // SAFETY: we hold the lock (caller).
+            unsafe { self.compact() };
+        }
         let header = &node.header;
         // SAFETY: guarded by the lock (caller); the node is not yet shared.
         header.unparker.with_mut(|u| unsafe { *u = Some(unparker) });
-        header.index.with_mut(|i| unsafe { *i = self.nodes.len() });
+        header.index.with_mut(|i| unsafe { *i = self.slots.len() });
         header.state.store(WAITING, Ordering::Relaxed);
         let ptr: NonNull<dyn Node<T> + 'a> = NonNull::from(node as &(dyn Node<T> + 'a));
         // SAFETY: only the lifetime bound is erased. The pointer is removed
         // from the list before `'a` ends, by the owner or by a modifier
         // (contract above), so it is never dereferenced after the node dies.
         let ptr: NonNull<dyn Node<T>> = unsafe { std::mem::transmute(ptr) };
-        self.nodes.push(ptr);
+        self.slots.push(Some(ptr));
+        self.live += 1;
     }
 
     /// Removes a `WAITING` node on its owner's behalf and marks it `IDLE`.
+    /// Returns its unparker, which the caller drops after unlocking.
     ///
     /// # Safety
     ///
     /// The caller holds the cell's lock and `node` is `WAITING` in this list.
-    pub(super) unsafe fn remove<P>(&mut self, node: &Waiter<P>) {
+    pub(super) unsafe fn remove<P>(&mut self, node: &Waiter<P>) -> Option<Unparker> {
         debug_assert_eq!(node.header.state.load(Ordering::Relaxed), WAITING);
         // SAFETY: guarded by the lock.
         let index = node.header.index.with(|i| unsafe { *i });
-        unsafe { self.swap_remove(index) };
-        node.header.unparker.with_mut(|u| unsafe { *u = None });
+        self.slots[index] = None;
+        self.live -= 1;
+        while let Some(None) = self.slots.last() {
+            self.slots.pop();
+        }
         node.header.state.store(IDLE, Ordering::Relaxed);
+        // SAFETY: guarded by the lock; the node is no longer registered.
+        node.header.unparker.with_mut(|u| unsafe { (*u).take() })
     }
 
-    /// Removes the node at `index`, fixing the index of the node moved into
-    /// its place. Does not touch the removed node.
+    /// Closes the holes, keeping order, and fixes the moved nodes' indices.
     ///
     /// # Safety
     ///
     /// The caller holds the cell's lock.
-    unsafe fn swap_remove(&mut self, index: usize) {
-        self.nodes.swap_remove(index);
-        if let Some(moved) = self.nodes.get(index) {
+    unsafe fn compact(&mut self) {
+        self.slots.retain(Option::is_some);
+        for (index, slot) in self.slots.iter().enumerate() {
+            let node = slot.expect("retained slots are occupied");
             // SAFETY: registered nodes are alive (invariant 2); the index
             // field is guarded by the lock.
-            unsafe { moved.as_ref() }
+            unsafe { node.as_ref() }
                 .header()
                 .index
                 .with_mut(|i| unsafe { *i = index });
         }
     }
 
-    /// Tests every registered predicate against the new state and completes
-    /// the satisfied ones, returning the number of predicate evaluations.
+    /// Tests every registered predicate against the new state, oldest first,
+    /// and completes the satisfied ones. Returns the number of evaluations.
     ///
-    /// Each predicate runs at most once. A predicate that panics is caught
-    /// here, on the modifier's thread, and completed as `PANICKED` so the
-    /// panic surfaces on its owner's thread instead.
-    pub(super) fn notify(&mut self, value: &T, version: Version, wakes: &mut WakeList) -> u64 {
+    /// A take that succeeds (or panics) modifies the value: it bumps
+    /// `version`, and the scan goes on round the list until every remaining
+    /// node has been tested on the value as it now is, so a waiter tested
+    /// before the take is tested again on what the take left (invariant 4).
+    /// Each node is tested once per version.
+    ///
+    /// A predicate that panics is caught here, on the modifier's thread, and
+    /// completed as `PANICKED` so the panic surfaces on its owner's thread.
+    pub(super) fn notify(
+        &mut self,
+        value: &mut T,
+        version: &mut Version,
+        wakes: &mut WakeList,
+    ) -> u64 {
+        let len = self.slots.len();
         let mut evaluations = 0;
+        // Live nodes tested, in a row, since the value last changed.
+        let mut tested_clean = 0;
+        let mut completed = false;
         let mut i = 0;
-        while i < self.nodes.len() {
+        while tested_clean < self.live {
+            let index = i;
+            i = (i + 1) % len;
+            let Some(ptr) = self.slots[index] else {
+                continue;
+            };
             // SAFETY: registered nodes are alive (invariant 2).
-            let node = unsafe { self.nodes[i].as_ref() };
+            let node = unsafe { ptr.as_ref() };
             evaluations += 1;
             // SAFETY: we hold the lock (`&mut self`) and the node is registered.
-            let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { node.test(value, version) }));
+            let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { node.test(value, *version) }));
             let state = match outcome {
                 Ok(false) => {
-                    i += 1;
+                    tested_clean += 1;
                     continue;
                 }
                 Ok(true) => SATISFIED,
@@ -376,31 +493,48 @@ impl<T> WaiterList<T> {
                     PANICKED
                 }
             };
-            // The node moved into slot `i` (if any) is tested next iteration.
+            let took = node.takes();
+            // SAFETY: we hold the lock; `index` holds a registered node.
+            unsafe { self.complete(index, state, wakes) };
+            completed = true;
+            if took {
+                version.0 += 1;
+                tested_clean = 0;
+            }
+        }
+        if completed {
             // SAFETY: we hold the lock.
-            unsafe { self.complete(i, state, wakes) };
+            unsafe { self.compact() };
         }
         evaluations
     }
 
-    /// Completes every registered node as `CLOSED`.
+    /// Completes every registered node as `CLOSED`, oldest first.
     pub(super) fn close_all(&mut self, wakes: &mut WakeList) {
-        while !self.nodes.is_empty() {
-            // SAFETY: `&mut self` means we hold the lock.
-            unsafe { self.complete(self.nodes.len() - 1, CLOSED, wakes) };
+        for index in 0..self.slots.len() {
+            if self.slots[index].is_some() {
+                // SAFETY: `&mut self` means we hold the lock.
+                unsafe { self.complete(index, CLOSED, wakes) };
+            }
         }
+        self.slots.clear();
     }
 
+    /// Removes the node at `index` (leaving a hole), moves its unparker to
+    /// `wakes` and publishes `state`.
+    ///
     /// # Safety
     ///
-    /// The caller holds the cell's lock; `index` is in bounds.
+    /// The caller holds the cell's lock; `index` holds a registered node.
     unsafe fn complete(&mut self, index: usize, state: u8, wakes: &mut WakeList) {
-        // SAFETY: registered nodes are alive (invariant 2).
-        let header = unsafe { self.nodes[index].as_ref() }.header() as *const Header;
-        unsafe { self.swap_remove(index) };
+        let ptr = self.slots[index]
+            .take()
+            .expect("completing a registered node");
+        self.live -= 1;
         // SAFETY: the node is still alive: its owner cannot free it before
         // observing the store below, which is our last access (invariant 3).
-        let header = unsafe { &*header };
+        let header = unsafe { ptr.as_ref() }.header();
+        // SAFETY: guarded by the lock.
         if let Some(unparker) = header.unparker.with_mut(|u| unsafe { (*u).take() }) {
             wakes.push(unparker);
         }
@@ -410,7 +544,8 @@ impl<T> WaiterList<T> {
 
 /// Unparkers collected under the lock, woken when the list is dropped: after
 /// the lock is released, so a woken waiter never contends with the modifier
-/// for it.
+/// for it, and a waker's own code (which may touch the cell) never runs
+/// under the lock (invariant 5).
 ///
 /// The first unparker is stored inline: the common single wake-up allocates
 /// nothing.
@@ -436,12 +571,20 @@ impl WakeList {
 }
 
 impl Drop for WakeList {
+    /// Wakes every waiter, even if a waker panics: each wake-up is attempted,
+    /// then the first panic resumes (unless the thread is already unwinding,
+    /// where a second panic would abort).
     fn drop(&mut self) {
-        if let Some(first) = self.first.take() {
-            first.unpark();
+        let mut first_panic = None;
+        for unparker in self.first.take().into_iter().chain(self.rest.drain(..)) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| unparker.unpark())) {
+                first_panic.get_or_insert(payload);
+            }
         }
-        for unparker in self.rest.drain(..) {
-            unparker.unpark();
+        if let Some(payload) = first_panic {
+            if !std::thread::panicking() {
+                resume_unwind(payload);
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[cfg(feature = "sqlite")]
 use leasehold::changelog::SqliteChangeLog;
-use leasehold::changelog::{ChangeLog, MemoryChangeLog};
+use leasehold::changelog::{BoxError, ChangeLog, Fence, FencedCommitError, MemoryChangeLog};
 use leasehold::clock::ManualClock;
 
 /// A fresh, empty store of one backend.
@@ -23,8 +23,22 @@ pub trait Fixture: Sized + Send + Sync + 'static {
     /// connections, so concurrent handles really race.
     async fn handle(&self) -> Self::Log;
 
-    /// Moves the store's clock forward by `by`, as every handle sees it.
-    fn advance(&self, by: Duration);
+    /// Ages every entry by `by` as every handle sees it: each handle first
+    /// looks at the entries (the SQL backends judge staleness on what a
+    /// handle has observed, on its own clock), then the clock moves.
+    async fn advance(&self, by: Duration);
+
+    /// A fenced commit on `log` with `fence` that records `marker` in a
+    /// table of the same store (in the same transaction as the fence check).
+    async fn commit_marker(
+        &self,
+        log: &Self::Log,
+        fence: &Fence,
+        marker: &str,
+    ) -> Result<(), FencedCommitError<BoxError>>;
+
+    /// The markers committed so far, sorted.
+    async fn markers(&self) -> Vec<String>;
 
     /// Whether the backend can run here (a server-backed fixture without a
     /// server says so loudly and returns `false`, or panics where the
@@ -38,6 +52,7 @@ pub trait Fixture: Sized + Send + Sync + 'static {
 pub struct MemoryFixture {
     clock: ManualClock,
     log: MemoryChangeLog,
+    markers: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Fixture for MemoryFixture {
@@ -46,25 +61,62 @@ impl Fixture for MemoryFixture {
     async fn new(staleness: Duration) -> Self {
         let clock = ManualClock::new();
         let log = MemoryChangeLog::new(Arc::new(clock.clone()), staleness);
-        MemoryFixture { clock, log }
+        MemoryFixture {
+            clock,
+            log,
+            markers: Arc::default(),
+        }
     }
 
     async fn handle(&self) -> MemoryChangeLog {
         self.log.clone()
     }
 
-    fn advance(&self, by: Duration) {
+    async fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }
+
+    async fn commit_marker(
+        &self,
+        log: &MemoryChangeLog,
+        fence: &Fence,
+        marker: &str,
+    ) -> Result<(), FencedCommitError<BoxError>> {
+        log.commit_fenced(fence, || {
+            self.markers.lock().unwrap().push(marker.to_owned());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn markers(&self) -> Vec<String> {
+        let mut markers = self.markers.lock().unwrap().clone();
+        markers.sort();
+        markers
+    }
+}
+
+/// Lets every handle observe the entries, then moves the shared clock.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn observe_then_advance<L: ChangeLog + Clone>(
+    handles: &Mutex<Vec<L>>,
+    clock: &ManualClock,
+    by: Duration,
+) {
+    let handles = handles.lock().unwrap().clone();
+    for handle in handles {
+        handle.list().await.expect("observe the entries");
+    }
+    clock.advance(by);
 }
 
 #[cfg(feature = "sqlite")]
 /// `SqliteChangeLog` in a temporary directory; each handle is a new
-/// connection, and store time is moved by each handle's clock offset.
+/// connection, and all handles measure staleness on one manual clock.
 pub struct SqliteFixture {
     dir: tempfile::TempDir,
     staleness: Duration,
-    offset: Mutex<Duration>,
+    clock: ManualClock,
     handles: Mutex<Vec<SqliteChangeLog>>,
 }
 
@@ -76,16 +128,15 @@ impl Fixture for SqliteFixture {
         SqliteFixture {
             dir: tempfile::tempdir().expect("temp dir"),
             staleness,
-            offset: Mutex::new(Duration::ZERO),
+            clock: ManualClock::new(),
             handles: Mutex::new(Vec::new()),
         }
     }
 
     async fn handle(&self) -> SqliteChangeLog {
-        let offset = *self.offset.lock().unwrap();
         let log = SqliteChangeLog::builder(self.dir.path().join("changelog.db"))
             .staleness(self.staleness)
-            .clock_offset(offset)
+            .clock(Arc::new(self.clock.clone()))
             .open()
             .await
             .expect("open sqlite changelog");
@@ -93,27 +144,48 @@ impl Fixture for SqliteFixture {
         log
     }
 
-    fn advance(&self, by: Duration) {
-        // Hold the offset lock so a handle opened concurrently gets the same
-        // view of time as the existing ones.
-        let mut offset = self.offset.lock().unwrap();
-        *offset += by;
-        for handle in self.handles.lock().unwrap().iter() {
-            handle.shift_clock(by);
-        }
+    async fn advance(&self, by: Duration) {
+        observe_then_advance(&self.handles, &self.clock, by).await;
+    }
+
+    async fn commit_marker(
+        &self,
+        log: &SqliteChangeLog,
+        fence: &Fence,
+        marker: &str,
+    ) -> Result<(), FencedCommitError<BoxError>> {
+        let marker = marker.to_owned();
+        log.commit_fenced(fence, move |tx| {
+            tx.execute_batch("CREATE TABLE IF NOT EXISTS markers (name TEXT NOT NULL)")?;
+            tx.execute("INSERT INTO markers VALUES (?1)", [marker])?;
+            Ok::<_, BoxError>(())
+        })
+        .await
+    }
+
+    async fn markers(&self) -> Vec<String> {
+        let conn = rusqlite::Connection::open(self.dir.path().join("changelog.db")).unwrap();
+        let Ok(mut stmt) = conn.prepare("SELECT name FROM markers ORDER BY name") else {
+            return Vec::new(); // no table: nothing committed yet
+        };
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 }
 
 #[cfg(feature = "postgres")]
 /// `PostgresChangeLog` in a fresh schema of the `LEASEHOLD_PG_URL` database
 /// (dropped at the end); each handle is a separate pool, and store time is
-/// moved by each handle's clock offset, as for SQLite.
+/// measured on one manual clock, as for SQLite.
 pub struct PostgresFixture {
     url: String,
     schema: String,
     staleness: Duration,
-    offset: Mutex<Duration>,
+    clock: ManualClock,
     handles: Mutex<Vec<leasehold::changelog::PostgresChangeLog>>,
+    markers_created: tokio::sync::Mutex<bool>,
 }
 
 #[cfg(feature = "postgres")]
@@ -125,17 +197,17 @@ impl Fixture for PostgresFixture {
             url: crate::pg_support::url("conformance").expect("checked by `available`"),
             schema: crate::pg_support::fresh_schema("lh_conformance"),
             staleness,
-            offset: Mutex::new(Duration::ZERO),
+            clock: ManualClock::new(),
             handles: Mutex::new(Vec::new()),
+            markers_created: tokio::sync::Mutex::new(false),
         }
     }
 
     async fn handle(&self) -> Self::Log {
-        let offset = *self.offset.lock().unwrap();
         let log = leasehold::changelog::PostgresChangeLog::builder(&self.url)
             .schema(&self.schema)
             .staleness(self.staleness)
-            .clock_offset(offset)
+            .clock(Arc::new(self.clock.clone()))
             .pool_size(2)
             .open()
             .await
@@ -144,11 +216,56 @@ impl Fixture for PostgresFixture {
         log
     }
 
-    fn advance(&self, by: Duration) {
-        let mut offset = self.offset.lock().unwrap();
-        *offset += by;
-        for handle in self.handles.lock().unwrap().iter() {
-            handle.shift_clock(by);
+    async fn advance(&self, by: Duration) {
+        observe_then_advance(&self.handles, &self.clock, by).await;
+    }
+
+    async fn commit_marker(
+        &self,
+        log: &Self::Log,
+        fence: &Fence,
+        marker: &str,
+    ) -> Result<(), FencedCommitError<BoxError>> {
+        let table = format!("\"{}\".markers", self.schema);
+        {
+            // Created once, outside the fenced transactions that use it.
+            let mut created = self.markers_created.lock().await;
+            if !*created {
+                let client = log.client().await.unwrap();
+                client
+                    .batch_execute(&format!(
+                        "CREATE TABLE IF NOT EXISTS {table} (name TEXT NOT NULL)"
+                    ))
+                    .await
+                    .unwrap();
+                *created = true;
+            }
+        }
+        let marker = marker.to_owned();
+        log.commit_fenced(fence, move |tx| {
+            Box::pin(async move {
+                tx.execute(&format!("INSERT INTO {table} VALUES ($1)"), &[&marker])
+                    .await?;
+                Ok::<_, BoxError>(())
+            })
+        })
+        .await
+    }
+
+    async fn markers(&self) -> Vec<String> {
+        let Some(log) = self.handles.lock().unwrap().first().cloned() else {
+            return Vec::new();
+        };
+        let client = log.client().await.unwrap();
+        match client
+            .query(
+                &format!("SELECT name FROM \"{}\".markers ORDER BY name", self.schema),
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(_) => Vec::new(), // no table: nothing committed yet
         }
     }
 

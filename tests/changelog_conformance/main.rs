@@ -33,7 +33,13 @@ macro_rules! conformance {
                 fenced_out_quarantine_changes_nothing,
                 each_reclaim_moves_to_the_next_generation_and_counts_claims,
                 concurrent_claimers_win_each_entry_exactly_once,
-                entry_age_is_measured_on_the_store_clock
+                entry_age_is_measured_on_the_claimers_clock,
+                a_fenced_commit_by_the_owner_lands_and_marks_the_entry_committed,
+                a_fenced_commit_after_a_claim_is_refused_and_changes_nothing,
+                a_fenced_commit_after_remove_or_quarantine_is_refused,
+                a_claim_reports_whether_the_fenced_commit_landed,
+                advance_moves_the_entry_on_and_refuses_the_old_fence,
+                fenced_commits_racing_claims_exactly_one_side_wins_each_entry
             );
         }
     };

@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leasehold::changelog::{ChangeLog, EntryId, EntryState, Fence, OwnerId, Ownership, Removal};
+use leasehold::changelog::{
+    Advanced, ChangeLog, EntryId, EntryState, Fence, FencedCommitError, OwnerId, Ownership, Removal,
+};
 
 use crate::Fixture;
 
@@ -63,9 +65,9 @@ pub async fn fresh_entries_are_not_claimed<F: Fixture>() {
     let log = fx.handle().await;
     log.record(&owner("w"), vec![]).await.unwrap();
     assert!(log.claim_stale(&owner("r"), 10).await.unwrap().is_empty());
-    fx.advance(STALENESS / 2);
+    fx.advance(STALENESS / 2).await;
     assert!(log.claim_stale(&owner("r"), 10).await.unwrap().is_empty());
-    fx.advance(STALENESS / 2);
+    fx.advance(STALENESS / 2).await;
     assert_eq!(log.claim_stale(&owner("r"), 10).await.unwrap().len(), 1);
 }
 
@@ -75,9 +77,9 @@ pub async fn stale_entries_are_claimed_oldest_first_up_to_max<F: Fixture>() {
     let mut fences = Vec::new();
     for i in 0..5_u8 {
         fences.push(log.record(&owner("w"), vec![i]).await.unwrap());
-        fx.advance(Duration::from_secs(1));
+        fx.advance(Duration::from_secs(1)).await;
     }
-    fx.advance(STALENESS);
+    fx.advance(STALENESS).await;
     let first = log.claim_stale(&owner("r"), 3).await.unwrap();
     let ids: Vec<EntryId> = first.iter().map(|c| c.fence.id()).collect();
     assert_eq!(ids, fences[..3].iter().map(Fence::id).collect::<Vec<_>>());
@@ -100,7 +102,7 @@ pub async fn claim_of_zero_claims_nothing<F: Fixture>() {
     let fx = F::new(STALENESS).await;
     let log = fx.handle().await;
     log.record(&owner("w"), vec![]).await.unwrap();
-    fx.advance(STALENESS * 2);
+    fx.advance(STALENESS * 2).await;
     assert!(log.claim_stale(&owner("r"), 0).await.unwrap().is_empty());
     assert_eq!(log.claim_stale(&owner("r"), 1).await.unwrap().len(), 1);
 }
@@ -110,12 +112,12 @@ pub async fn refresh_keeps_an_entry_from_going_stale<F: Fixture>() {
     let log = fx.handle().await;
     let fence = log.record(&owner("w"), vec![]).await.unwrap();
     for _ in 0..3 {
-        fx.advance(STALENESS * 2 / 3);
+        fx.advance(STALENESS * 2 / 3).await;
         assert_eq!(log.refresh(&fence).await.unwrap(), Ownership::Held);
         assert!(log.claim_stale(&owner("r"), 10).await.unwrap().is_empty());
     }
     // Without refreshes it goes stale.
-    fx.advance(STALENESS);
+    fx.advance(STALENESS).await;
     assert_eq!(claim_all(&log, &owner("r")).await.len(), 1);
 }
 
@@ -124,7 +126,7 @@ pub async fn claim_fences_out_the_previous_owner<F: Fixture>() {
     let writer = fx.handle().await;
     let recoverer = fx.handle().await;
     let fence = writer.record(&owner("w"), vec![7]).await.unwrap();
-    fx.advance(STALENESS);
+    fx.advance(STALENESS).await;
     let claimed = claim_all(&recoverer, &owner("r")).await;
     assert_eq!(claimed.len(), 1);
     let new_fence = &claimed[0];
@@ -146,12 +148,12 @@ pub async fn fenced_out_refresh_does_not_keep_the_entry_alive<F: Fixture>() {
     let fx = F::new(STALENESS).await;
     let log = fx.handle().await;
     let fence = log.record(&owner("w"), vec![]).await.unwrap();
-    fx.advance(STALENESS);
+    fx.advance(STALENESS).await;
     let claimed = claim_all(&log, &owner("r1")).await;
     assert_eq!(claimed.len(), 1);
     // The recoverer dies too; the old writer keeps heartbeating in vain.
     for _ in 0..2 {
-        fx.advance(STALENESS / 2);
+        fx.advance(STALENESS / 2).await;
         assert_eq!(log.refresh(&fence).await.unwrap(), Ownership::Lost);
     }
     let reclaimed = claim_all(&log, &owner("r2")).await;
@@ -195,7 +197,7 @@ pub async fn fenced_out_remove_changes_nothing<F: Fixture>() {
     let fx = F::new(STALENESS).await;
     let log = fx.handle().await;
     let fence = log.record(&owner("w"), vec![]).await.unwrap();
-    fx.advance(STALENESS);
+    fx.advance(STALENESS).await;
     let claimed = claim_all(&log, &owner("r")).await;
     let before = log.get(fence.id()).await.unwrap().unwrap();
     assert_eq!(log.remove(&fence).await.unwrap(), Removal::Fenced);
@@ -213,7 +215,7 @@ pub async fn quarantined_entries_are_never_claimed_but_stay_listable<F: Fixture>
     let log = fx.handle().await;
     let poison = log.record(&owner("w"), b"\xff".to_vec()).await.unwrap();
     let healthy = log.record(&owner("w"), vec![]).await.unwrap();
-    fx.advance(STALENESS);
+    fx.advance(STALENESS).await;
     let claimed = claim_all(&log, &owner("r")).await;
     assert_eq!(claimed.len(), 2);
     let poison_fence = claimed.iter().find(|f| f.id() == poison.id()).unwrap();
@@ -229,7 +231,7 @@ pub async fn quarantined_entries_are_never_claimed_but_stay_listable<F: Fixture>
     // A quarantined entry is not alive: its owner's heartbeat reports the loss.
     assert_eq!(log.refresh(poison_fence).await.unwrap(), Ownership::Lost);
 
-    fx.advance(STALENESS * 10);
+    fx.advance(STALENESS * 10).await;
     let reclaimed = claim_all(&log, &owner("r2")).await;
     assert_eq!(
         reclaimed.iter().map(Fence::id).collect::<Vec<_>>(),
@@ -253,7 +255,7 @@ pub async fn fenced_out_quarantine_changes_nothing<F: Fixture>() {
     let fx = F::new(STALENESS).await;
     let log = fx.handle().await;
     let fence = log.record(&owner("w"), vec![]).await.unwrap();
-    fx.advance(STALENESS);
+    fx.advance(STALENESS).await;
     claim_all(&log, &owner("r")).await;
     assert_eq!(
         log.quarantine(&fence, "late").await.unwrap(),
@@ -268,7 +270,7 @@ pub async fn each_reclaim_moves_to_the_next_generation_and_counts_claims<F: Fixt
     let log = fx.handle().await;
     let fence = log.record(&owner("w"), vec![]).await.unwrap();
     for round in 1..=4_u32 {
-        fx.advance(STALENESS);
+        fx.advance(STALENESS).await;
         let claimed = log
             .claim_stale(&owner(&format!("r{round}")), 10)
             .await
@@ -297,7 +299,7 @@ pub async fn concurrent_claimers_win_each_entry_exactly_once<F: Fixture>() {
     for _ in 0..CLAIMERS {
         handles.push(fx.handle().await);
     }
-    fx.advance(STALENESS);
+    fx.advance(STALENESS).await;
     let tasks: Vec<_> = handles
         .into_iter()
         .enumerate()
@@ -337,11 +339,11 @@ pub async fn concurrent_claimers_win_each_entry_exactly_once<F: Fixture>() {
     }
 }
 
-pub async fn entry_age_is_measured_on_the_store_clock<F: Fixture>() {
+pub async fn entry_age_is_measured_on_the_claimers_clock<F: Fixture>() {
     let fx = F::new(STALENESS).await;
     let log = fx.handle().await;
     let fence = log.record(&owner("w"), vec![]).await.unwrap();
-    fx.advance(Duration::from_secs(5));
+    fx.advance(Duration::from_secs(5)).await;
     let age = log.get(fence.id()).await.unwrap().unwrap().age;
     assert!(
         age >= Duration::from_secs(5) && age < Duration::from_secs(7),
@@ -353,4 +355,166 @@ pub async fn entry_age_is_measured_on_the_store_clock<F: Fixture>() {
         age < Duration::from_secs(2),
         "a refresh resets the age, got {age:?}"
     );
+}
+
+pub async fn a_fenced_commit_by_the_owner_lands_and_marks_the_entry_committed<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    assert!(!log.get(fence.id()).await.unwrap().unwrap().committed);
+    fx.commit_marker(&log, &fence, "a").await.unwrap();
+    assert_eq!(fx.markers().await, ["a"]);
+    assert!(log.get(fence.id()).await.unwrap().unwrap().committed);
+    // Committing is not a change of owner: the fence still works.
+    assert_eq!(log.refresh(&fence).await.unwrap(), Ownership::Held);
+    assert_eq!(log.remove(&fence).await.unwrap(), Removal::Removed);
+}
+
+pub async fn a_fenced_commit_after_a_claim_is_refused_and_changes_nothing<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let recoverer = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    fx.advance(STALENESS).await;
+    let claimed = recoverer.claim_stale(&owner("r"), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(!claimed[0].committed);
+    let late = fx.commit_marker(&log, &fence, "late").await;
+    assert!(matches!(late, Err(FencedCommitError::Fenced)), "{late:?}");
+    assert!(fx.markers().await.is_empty(), "nothing committed");
+    let info = log.get(fence.id()).await.unwrap().unwrap();
+    assert!(!info.committed);
+    assert_eq!(info.fence, claimed[0].fence, "the claimer still owns it");
+}
+
+pub async fn a_fenced_commit_after_remove_or_quarantine_is_refused<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let removed = log.record(&owner("w"), vec![]).await.unwrap();
+    log.remove(&removed).await.unwrap();
+    let parked = log.record(&owner("w"), vec![]).await.unwrap();
+    log.quarantine(&parked, "poison").await.unwrap();
+    for fence in [&removed, &parked] {
+        let refused = fx.commit_marker(&log, fence, "x").await;
+        assert!(
+            matches!(refused, Err(FencedCommitError::Fenced)),
+            "{refused:?}"
+        );
+    }
+    assert!(fx.markers().await.is_empty());
+}
+
+pub async fn a_claim_reports_whether_the_fenced_commit_landed<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let committed = log.record(&owner("w"), b"c".to_vec()).await.unwrap();
+    let _uncommitted = log.record(&owner("w"), b"u".to_vec()).await.unwrap();
+    fx.commit_marker(&log, &committed, "c").await.unwrap();
+    fx.advance(STALENESS).await;
+    let mut claimed = log.claim_stale(&owner("r"), 10).await.unwrap();
+    claimed.sort_by_key(|c| c.fence.id());
+    let flags: Vec<_> = claimed
+        .iter()
+        .map(|c| (c.payload.clone(), c.committed))
+        .collect();
+    assert_eq!(flags, [(b"c".to_vec(), true), (b"u".to_vec(), false)]);
+}
+
+pub async fn advance_moves_the_entry_on_and_refuses_the_old_fence<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let old = log.record(&owner("w"), vec![]).await.unwrap();
+    fx.commit_marker(&log, &old, "once").await.unwrap();
+    let Advanced::Held {
+        fence: new,
+        committed,
+    } = log.advance(&old).await.unwrap()
+    else {
+        panic!("the owner advances its own entry");
+    };
+    assert!(committed, "reports the landed commit");
+    assert_eq!(
+        (new.id(), new.owner(), new.generation()),
+        (old.id(), old.owner(), 2)
+    );
+    let late = fx.commit_marker(&log, &old, "twice").await;
+    assert!(matches!(late, Err(FencedCommitError::Fenced)));
+    assert_eq!(log.refresh(&old).await.unwrap(), Ownership::Lost);
+    assert_eq!(log.advance(&old).await.unwrap(), Advanced::Lost);
+    assert_eq!(log.refresh(&new).await.unwrap(), Ownership::Held);
+    assert_eq!(fx.markers().await, ["once"]);
+}
+
+/// Writers commit while claimers claim the same stale entries: for every
+/// entry exactly one side wins, and the claimer learns from the store
+/// whether the commit landed.
+pub async fn fenced_commits_racing_claims_exactly_one_side_wins_each_entry<F: Fixture>() {
+    const ENTRIES: usize = 60;
+    let fx = F::new(STALENESS).await;
+    let writer = fx.handle().await;
+    let claimer = fx.handle().await;
+    let mut fences = Vec::new();
+    for i in 0..ENTRIES {
+        fences.push(
+            writer
+                .record(&owner("w"), i.to_le_bytes().to_vec())
+                .await
+                .unwrap(),
+        );
+    }
+    fx.advance(STALENESS).await;
+    // Both sides run concurrently (their store calls overlap on the
+    // backends' workers and connections).
+    let commits = async {
+        let mut landed = HashSet::new();
+        for fence in fences {
+            match fx
+                .commit_marker(&writer, &fence, &format!("{:04}", fence.id().get()))
+                .await
+            {
+                Ok(()) => {
+                    landed.insert(fence.id());
+                }
+                Err(FencedCommitError::Fenced) => {}
+                Err(other) => panic!("commit failed: {other}"),
+            }
+            tokio::task::yield_now().await;
+        }
+        landed
+    };
+    let claims = async {
+        let mut claimed = Vec::new();
+        loop {
+            let batch = claimer.claim_stale(&owner("r"), 3).await.unwrap();
+            if batch.is_empty() {
+                break claimed;
+            }
+            claimed.extend(batch);
+            tokio::task::yield_now().await;
+        }
+    };
+    let (landed, claimed) = tokio::join!(commits, claims);
+    let markers: HashSet<String> = fx.markers().await.into_iter().collect();
+    for id in &landed {
+        assert!(markers.contains(&format!("{:04}", id.get())));
+    }
+    assert_eq!(
+        markers.len(),
+        landed.len(),
+        "a refused commit left nothing behind"
+    );
+    for entry in &claimed {
+        // Claimed after its commit landed: the store says so.
+        assert_eq!(
+            entry.committed,
+            landed.contains(&entry.fence.id()),
+            "{entry:?}"
+        );
+    }
+    let claimed_ids: HashSet<EntryId> = claimed.iter().map(|c| c.fence.id()).collect();
+    for id in claimed_ids.iter().filter(|id| !landed.contains(id)) {
+        // Claimed first: the writer's commit was refused.
+        assert!(!markers.contains(&format!("{:04}", id.get())));
+    }
+    assert_eq!(claimed.len(), claimed_ids.len(), "each entry claimed once");
 }

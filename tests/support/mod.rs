@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold::changelog::{
-    BoxError, ChangeLog, ChangeLogError, ClaimedEntry, Cleanup, DecodeError, EntryId, EntryInfo,
-    Fence, FieldReader, FieldWriter, MemoryChangeLog, OwnerId, Ownership, Payload, Phase, Removal,
+    Advanced, BoxError, ChangeLog, ChangeLogError, ClaimedEntry, Cleanup, DecodeError, EntryId,
+    EntryInfo, Fence, FieldReader, FieldWriter, MemoryChangeLog, OwnerId, Ownership, Payload,
+    Phase, Removal,
 };
 
 /// A `MemoryChangeLog` whose refreshes can be made to hang (a stuck
@@ -79,6 +80,10 @@ impl ChangeLog for FaultyLog {
 
     async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
         self.inner.quarantine(fence, reason).await
+    }
+
+    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
+        self.inner.advance(fence).await
     }
 
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {

@@ -116,7 +116,7 @@ impl PostgresProgressStoreBuilder {
              )"
         );
         tables
-            .ensure(&pool, "scan_progress", SCHEMA_VERSION, &ddl)
+            .ensure(&pool, "scan_progress", SCHEMA_VERSION, &ddl, &[])
             .await?;
         Ok(PostgresProgressStore {
             shared: Arc::new(Shared {

@@ -28,6 +28,7 @@ const SCHEMA: Schema = Schema {
                  position INTEGER NOT NULL,
                  key BLOB
              );",
+    upgrades: &[],
 };
 
 /// How long a call waits for another connection's write lock.
