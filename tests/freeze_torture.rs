@@ -231,6 +231,17 @@ fn random_freezes(backend: &Backend) {
         started.elapsed(),
     );
     assert_eq!(report["dangling"], 0, "dangling references:\n{stdout}");
+    if report["orphans"] != 0 {
+        // What the writers said about each orphan, to tell how it came about.
+        for line in stdout.lines().filter(|l| l.contains("orphaned blob:")) {
+            let blob = line.rsplit(' ').next().unwrap_or_default();
+            for writer in &writers {
+                for seen in writer.seen.iter().filter(|s| s.contains(blob)) {
+                    println!("  {}: {seen}", writer.name);
+                }
+            }
+        }
+    }
     assert_eq!(report["orphans"], 0, "orphaned blobs:\n{stdout}");
     assert_eq!(report["changelog"], 0, "changelog not empty:\n{stdout}");
     assert_eq!(report["quarantined"], 0, "{stdout}");
