@@ -27,7 +27,9 @@ pub struct ScanProgress<K> {
     pub skipped: u64,
     /// Keys a re-check found done.
     pub found_done: u64,
-    /// Keys given up after [`RetryPolicy::max_attempts`](super::RetryPolicy::max_attempts).
+    /// Keys given up after [`RetryPolicy::max_attempts`](super::RetryPolicy::max_attempts),
+    /// including those an earlier, interrupted run of this scan gave up and
+    /// saved with its checkpoint.
     pub gave_up: u64,
     /// Syncs that ended `Failed` or `Cancelled` and were scheduled for a retry.
     pub retries: u64,
@@ -79,9 +81,13 @@ pub struct ScanReport<K> {
     pub completed: bool,
     /// The final counters.
     pub progress: ScanProgress<K>,
-    /// Keys given up after [`RetryPolicy::max_attempts`](super::RetryPolicy::max_attempts), in the order they
-    /// were given up. The resume point has passed them: they are the
-    /// caller's to handle.
+    /// Keys given up after [`RetryPolicy::max_attempts`](super::RetryPolicy::max_attempts),
+    /// in the order they were given up: first those an earlier, interrupted
+    /// run of this scan gave up (saved with the checkpoint, if the store
+    /// [keeps them](super::ProgressStore::keeps_given_up)), then this run's.
+    /// The resume point has passed them: they are the caller's to handle.
+    /// A completed run clears the checkpoint, so this report is their last
+    /// record.
     pub gave_up: Vec<K>,
 }
 

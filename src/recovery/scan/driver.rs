@@ -302,11 +302,9 @@ where
                     recheck,
                     clock,
                     config,
-                    gave_up: Vec::new(),
                 };
                 writer.report();
-                let result = work.run(&mut writer, &shared.cancel).await;
-                result.map(|completed| (completed, work.gave_up))
+                work.run(&mut writer, &shared.cancel).await
             }
             Err(error) => Err(error),
         };
@@ -331,7 +329,6 @@ struct Work<K: ScanKey, Src, J, R> {
     recheck: R,
     clock: Arc<dyn Clock>,
     config: ScanConfig,
-    gave_up: Vec<K>,
 }
 
 impl<K, Src, J, JF, R, RF, E> Work<K, Src, J, R>
@@ -442,14 +439,7 @@ where
                 }
                 SyncOutcome::Failed(_) | SyncOutcome::Cancelled => {
                     match self.schedule.failed(key.clone(), self.clock.now()) {
-                        AfterFailure::GiveUp => {
-                            progress.gave_up += 1;
-                            progress.settled += 1;
-                            cursor
-                                .settle(&key)
-                                .expect("a finished sync's key is in flight");
-                            self.gave_up.push(key);
-                        }
+                        AfterFailure::GiveUp => writer.give_up(key),
                         AfterFailure::Retry => {
                             progress.retries += 1;
                             cursor

@@ -25,7 +25,10 @@ pub use error::{
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresProgressStore, PostgresProgressStoreBuilder};
-pub use progress::{Checkpoint, MemoryProgressStore, ProgressStore, ScanKey, ScopeFingerprint};
+pub use progress::{
+    Checkpoint, CheckpointWithGivenUp, MemoryProgressStore, ProgressStore, ScanKey,
+    ScopeFingerprint,
+};
 pub use retry::{Retry, RetryPolicy, RetryQueue};
 pub use retry_schedule::Recheck;
 pub use source::KeySource;
