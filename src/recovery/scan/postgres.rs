@@ -13,7 +13,8 @@ use super::progress::{
     Checkpoint, CheckpointWithGivenUp, ProgressStore, ScopeFingerprint, resume_from_row,
     resume_to_row,
 };
-use crate::postgres::{Connect, PgFailure};
+use crate::postgres::Connect;
+use crate::store_failure::StoreFailure;
 
 const BACKEND: &str = "postgres";
 
@@ -21,32 +22,14 @@ const BACKEND: &str = "postgres";
 /// `given_up`).
 const SCHEMA_VERSION: i64 = 2;
 
-impl From<PgFailure> for ProgressStoreError {
-    fn from(failure: PgFailure) -> Self {
-        match failure {
-            PgFailure::SchemaTooNew { found, supported } => ProgressStoreError::Corrupt {
-                reason: format!(
-                    "scan progress schema version {found} is newer than the supported \
-                     version {supported}"
-                ),
-            },
-            // Permanent causes (bad URL, authentication) are still reported
-            // as backend failures: the enum has no configuration variant, and
-            // the message names the cause.
-            PgFailure::Config(reason) => ProgressStoreError::Backend {
-                backend: BACKEND,
-                source: reason.into(),
-            },
-            PgFailure::Busy(source) | PgFailure::Storage(source) => ProgressStoreError::Backend {
-                backend: BACKEND,
-                source,
-            },
-        }
+impl From<StoreFailure> for ProgressStoreError {
+    fn from(failure: StoreFailure) -> Self {
+        ProgressStoreError::from_failure(BACKEND, failure)
     }
 }
 
 fn pg(error: tokio_postgres::Error) -> ProgressStoreError {
-    PgFailure::from(error).into()
+    StoreFailure::from(error).into()
 }
 
 /// Configures and opens a [`PostgresProgressStore`].
@@ -96,10 +79,17 @@ impl PostgresProgressStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ProgressStoreError::Backend`] if the server cannot be reached, the
-    /// URL or schema name is unusable, or the table cannot be created;
-    /// [`ProgressStoreError::Corrupt`] if the database holds a newer
-    /// progress schema than this crate reads.
+    /// Permanent: [`ProgressStoreError::Config`] for an unusable URL,
+    /// schema name or pool size; [`ProgressStoreError::CannotOpen`] for an
+    /// unknown database or role, or failed authentication;
+    /// [`ProgressStoreError::PermissionDenied`] for a missing privilege;
+    /// [`ProgressStoreError::Rejected`] if the server refuses the schema
+    /// (e.g. `pg_catalog`); [`ProgressStoreError::CorruptDatabase`] if the
+    /// version row is there but the table is not;
+    /// [`ProgressStoreError::SchemaTooNew`] if the database holds a newer
+    /// progress schema than this crate reads. Transient:
+    /// [`ProgressStoreError::Backend`] if the server cannot be reached.
+    /// Every error from the server shows its message and SQLSTATE.
     ///
     /// # Cancel safety
     ///
@@ -121,7 +111,14 @@ impl PostgresProgressStoreBuilder {
         );
         let upgrades = [format!("ALTER TABLE {table} ADD COLUMN given_up BYTEA[]")];
         tables
-            .ensure(&pool, "scan_progress", SCHEMA_VERSION, &ddl, &upgrades)
+            .ensure(
+                &pool,
+                "scan_progress",
+                SCHEMA_VERSION,
+                &ddl,
+                &upgrades,
+                &["leasehold_scan_progress"],
+            )
             .await?;
         Ok(PostgresProgressStore {
             shared: Arc::new(Shared {
@@ -223,7 +220,7 @@ impl PostgresProgressStore {
             .pool
             .get()
             .await
-            .map_err(|error| PgFailure::from_pool(error).into())
+            .map_err(|error| StoreFailure::from_pool(error).into())
     }
 }
 

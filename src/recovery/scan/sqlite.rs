@@ -12,7 +12,7 @@ use super::progress::{
     Checkpoint, CheckpointWithGivenUp, ProgressStore, ScopeFingerprint, resume_from_row,
     resume_to_row,
 };
-use crate::sqlite::{self, OpenError, Schema, Synchronous};
+use crate::sqlite::{self, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";
@@ -32,6 +32,7 @@ const SCHEMA: Schema = Schema {
                  given_up BLOB
              );",
     upgrades: &["ALTER TABLE leasehold_scan_progress ADD COLUMN given_up BLOB;"],
+    tables: &["leasehold_scan_progress"],
 };
 
 /// The `given_up` column's form of a list of keys.
@@ -118,9 +119,15 @@ impl SqliteProgressStore {
     ///
     /// # Errors
     ///
-    /// [`ProgressStoreError::Backend`] if the file cannot be opened, put in
-    /// WAL mode, or the table created; [`ProgressStoreError::Corrupt`] if
-    /// the file holds a newer progress schema than this crate reads.
+    /// The file is checked here, not at the first call. Permanent:
+    /// [`ProgressStoreError::CannotOpen`] (a missing directory),
+    /// [`ProgressStoreError::CorruptDatabase`] (not a database, damaged, or
+    /// the progress table is gone), [`ProgressStoreError::PermissionDenied`]
+    /// (a read-only file or directory), [`ProgressStoreError::SchemaTooNew`]
+    /// (a file written by a newer version of this crate),
+    /// [`ProgressStoreError::Config`] (a file system that refuses WAL mode).
+    /// Transient: [`ProgressStoreError::Backend`] (locked past the busy
+    /// timeout, I/O errors).
     ///
     /// # Cancel safety
     ///
@@ -146,23 +153,8 @@ impl SqliteProgressStore {
         scan: impl Into<String>,
     ) -> Result<Self, ProgressStoreError> {
         let path = path.as_ref().to_owned();
-        let conn =
-            sqlite::open(&path, BUSY_TIMEOUT, Synchronous::Full, &SCHEMA).map_err(|error| {
-                match error {
-                    OpenError::Sqlite(error) => backend(error),
-                    OpenError::NotWal { mode } => ProgressStoreError::Backend {
-                        backend: BACKEND,
-                        source: format!("the database refused WAL mode (journal_mode is {mode})")
-                            .into(),
-                    },
-                    OpenError::SchemaTooNew { found, supported } => ProgressStoreError::Corrupt {
-                        reason: format!(
-                            "scan progress schema version {found} is newer than the supported \
-                         version {supported}"
-                        ),
-                    },
-                }
-            })?;
+        let conn = sqlite::open(&path, BUSY_TIMEOUT, Synchronous::Full, &SCHEMA)
+            .map_err(|failure| ProgressStoreError::from_failure(BACKEND, failure))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
@@ -198,11 +190,11 @@ impl SqliteProgressStore {
     }
 }
 
+/// Maps a driver error by its cause: lock timeouts and I/O errors are
+/// transient ([`ProgressStoreError::Backend`]); a corrupt file,
+/// permissions, a missing path or a value too big are permanent.
 fn backend(error: rusqlite::Error) -> ProgressStoreError {
-    ProgressStoreError::Backend {
-        backend: BACKEND,
-        source: Box::new(error),
-    }
+    ProgressStoreError::from_failure(BACKEND, error.into())
 }
 
 fn worker_gone(error: tokio::task::JoinError) -> ProgressStoreError {
