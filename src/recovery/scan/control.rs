@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::cursor::ResumePoint;
-use crate::status::{CancelSignal, Outcome, SyncReceiver};
+use crate::status::{CancellationToken, Outcome, SyncReceiver};
 use crate::sync::Mutex;
 
 /// A snapshot of a scan's progress, from [`ScanControl::progress`], the
@@ -129,7 +129,7 @@ pub struct ScanControl<K> {
 
 /// What the scan and its control handles share.
 pub(super) struct Shared<K> {
-    pub(super) cancel: CancelSignal,
+    pub(super) cancel: CancellationToken,
     pub(super) progress: Mutex<ScanProgress<K>>,
 }
 
@@ -137,10 +137,9 @@ impl<K: Clone> ScanControl<K> {
     /// Asks the scan to stop: it starts no more work, saves its resume point
     /// and returns a report with `completed == false`. Syncs in flight are
     /// not cancelled; they run on in the registry, and a later scan (or
-    /// request) of their keys attaches to them. Returns `true` if this call
-    /// made the request.
-    pub fn cancel(&self) -> bool {
-        self.shared.cancel.cancel()
+    /// request) of their keys attaches to them.
+    pub fn cancel(&self) {
+        self.shared.cancel.cancel();
     }
 
     /// The scan's progress now.

@@ -24,7 +24,9 @@ use super::retry_schedule::{AfterFailure, Recheck, RetrySchedule};
 use super::source::KeySource;
 use super::window::{Event, Window};
 use crate::clock::{self, Clock};
-use crate::status::{self, CancelSignal, SyncOutcome, SyncPublisher, SyncReceiver, SyncRegistry};
+use crate::status::{
+    self, CancellationToken, SyncOutcome, SyncPublisher, SyncReceiver, SyncRegistry,
+};
 use crate::sync::Mutex;
 
 /// The settings of a [`RecoveryScan`].
@@ -180,7 +182,7 @@ where
             config,
             clock: clock::system(),
             shared: Arc::new(Shared {
-                cancel: CancelSignal::new(),
+                cancel: CancellationToken::new(),
                 progress: Mutex::new(ScanProgress::new(ResumePoint::Start, false)),
             }),
             stopped,
@@ -267,7 +269,7 @@ where
         recheck: R,
     ) -> Result<ScanReport<K>, ScanError>
     where
-        J: Fn(K, CancelSignal) -> JF + Send + Sync + 'static,
+        J: Fn(K, CancellationToken) -> JF + Send + Sync + 'static,
         JF: Future<Output = SyncOutcome> + Send + 'static,
         R: Fn(K) -> RF + Send + Sync + 'static,
         RF: Future<Output = Result<Recheck, E>> + Send + 'static,
@@ -335,7 +337,7 @@ impl<K, Src, J, JF, R, RF, E> Work<K, Src, J, R>
 where
     K: ScanKey,
     Src: KeySource<K>,
-    J: Fn(K, CancelSignal) -> JF + Send + Sync + 'static,
+    J: Fn(K, CancellationToken) -> JF + Send + Sync + 'static,
     JF: Future<Output = SyncOutcome> + Send + 'static,
     R: Fn(K) -> RF + Send + Sync + 'static,
     RF: Future<Output = Result<Recheck, E>> + Send + 'static,
@@ -346,7 +348,7 @@ where
     async fn run<S: ProgressStore>(
         &mut self,
         writer: &mut CheckpointWriter<K, S>,
-        cancel: &CancelSignal,
+        cancel: &CancellationToken,
     ) -> Result<bool, ScanError> {
         loop {
             if cancel.is_cancelled() {
@@ -390,7 +392,7 @@ where
     async fn fill<S: ProgressStore>(
         &mut self,
         writer: &mut CheckpointWriter<K, S>,
-        cancel: &CancelSignal,
+        cancel: &CancellationToken,
     ) -> Result<bool, ScanError> {
         while self.window.running() < self.config.concurrency {
             if let Some((key, retry)) = self.schedule.pop_due(self.clock.now()) {

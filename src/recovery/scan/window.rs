@@ -15,7 +15,7 @@ use super::error::ScanError;
 use super::progress::ScanKey;
 use super::retry_schedule::Recheck;
 use super::source::KeySource;
-use crate::status::{CancelSignal, SyncOutcome, SyncRegistry};
+use crate::status::{CancellationToken, SyncOutcome, SyncRegistry};
 
 /// What a running sync or re-check reported.
 pub(super) enum Event<K> {
@@ -51,7 +51,7 @@ impl<K, Src, J, JF> Window<K, Src, J>
 where
     K: ScanKey,
     Src: KeySource<K>,
-    J: Fn(K, CancelSignal) -> JF + Send + Sync + 'static,
+    J: Fn(K, CancellationToken) -> JF + Send + Sync + 'static,
     JF: Future<Output = SyncOutcome> + Send + 'static,
 {
     /// A window that reads `source` from `read_from`, `batch_size` keys at a
@@ -133,7 +133,8 @@ where
         let job_key = key.clone();
         let receiver = self
             .registry
-            .start(key.clone(), move |cancel| sync(job_key, cancel));
+            .start(key.clone(), move |cancel| sync(job_key, cancel))
+            .into_receiver();
         self.running.push(Box::pin(async move {
             let outcome = receiver.done().await;
             Event::Finished { key, outcome }
