@@ -177,6 +177,8 @@ pub mod recovery;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod status;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod store_failure;
 mod sync;
 pub mod watch_cell;
 

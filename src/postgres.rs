@@ -15,7 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 
-use crate::heartbeat::BoxError;
+use crate::store_failure::StoreFailure;
 
 /// Builds the pool's connection manager for a configuration: the TLS
 /// connector is captured here, so the builders need not be generic over it.
@@ -68,10 +68,10 @@ impl Connect {
 
     /// The pool (connections are opened lazily, on first use) and the
     /// validated schema.
-    pub(crate) fn pool(&self) -> Result<(Pool, Tables), PgFailure> {
+    pub(crate) fn pool(&self) -> Result<(Pool, Tables), StoreFailure> {
         let mut config = match &self.target {
             Target::Url(url) => url.parse::<tokio_postgres::Config>().map_err(|error| {
-                PgFailure::Config(format!("unusable PostgreSQL connection string: {error}"))
+                StoreFailure::Config(format!("unusable PostgreSQL connection string: {error}"))
             })?,
             Target::Config(config) => (**config).clone(),
         };
@@ -79,7 +79,9 @@ impl Connect {
             config.connect_timeout(self.connect_timeout);
         }
         if self.pool_size == 0 {
-            return Err(PgFailure::Config("the pool size must be at least 1".into()));
+            return Err(StoreFailure::Config(
+                "the pool size must be at least 1".into(),
+            ));
         }
         let tables = Tables::new(self.schema.as_deref())?;
         let pool = Pool::builder((self.make_manager)(config))
@@ -88,7 +90,7 @@ impl Connect {
             .wait_timeout(Some(self.connect_timeout))
             .create_timeout(Some(self.connect_timeout))
             .build()
-            .map_err(|error| PgFailure::Config(format!("cannot build the pool: {error}")))?;
+            .map_err(|error| StoreFailure::Config(format!("cannot build the pool: {error}")))?;
         Ok((pool, tables))
     }
 }
@@ -132,7 +134,7 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
-    fn new(schema: Option<&str>) -> Result<Self, PgFailure> {
+    fn new(schema: Option<&str>) -> Result<Self, StoreFailure> {
         if let Some(schema) = schema {
             // Identifiers cannot be bound as parameters; only plain ones are
             // accepted, so quoting them is enough to make them inert.
@@ -143,7 +145,7 @@ impl Tables {
                     .all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !schema.starts_with(|c: char| c.is_ascii_digit());
             if !plain {
-                return Err(PgFailure::Config(format!(
+                return Err(StoreFailure::Config(format!(
                     "schema name {schema:?} must be 1 to 63 ASCII letters, digits or `_`, \
                      not starting with a digit"
                 )));
@@ -168,9 +170,12 @@ impl Tables {
 
     /// Creates (once) the tables of `component` at `version` with `ddl`, in
     /// one transaction serialized by an advisory lock on the schema, so that
-    /// any number of processes may open the same store at once.
+    /// any number of processes may open the same store at once; then probes
+    /// each of `tables` (`SELECT * ... LIMIT 0`), so that a store whose
+    /// version row is there but whose tables are not is refused now, not at
+    /// the first call.
     ///
-    /// Returns [`PgFailure::SchemaTooNew`] if the store was written by a
+    /// Returns [`StoreFailure::SchemaTooNew`] if the store was written by a
     /// newer version of the crate.
     ///
     /// `upgrades[i]` moves the tables from version `i + 1` to `i + 2`; the
@@ -182,13 +187,18 @@ impl Tables {
         version: i64,
         ddl: &str,
         upgrades: &[String],
-    ) -> Result<(), PgFailure> {
-        let mut client = pool.get().await.map_err(PgFailure::from_pool)?;
-        let tx = client.transaction().await.map_err(PgFailure::from)?;
-        match self
+        tables: &[&str],
+    ) -> Result<(), StoreFailure> {
+        let mut client = pool.get().await.map_err(StoreFailure::from_pool)?;
+        let tx = client.transaction().await.map_err(StoreFailure::from)?;
+        let done = match self
             .create_or_check(&tx, component, version, ddl, upgrades)
             .await
         {
+            Ok(()) => self.probe(&tx, component, version, tables).await,
+            Err(failure) => Err(failure),
+        };
+        match done {
             Ok(()) => Ok(tx.commit().await?),
             Err(failure) => {
                 // Roll back now, not when the dropped transaction's ROLLBACK
@@ -200,6 +210,33 @@ impl Tables {
         }
     }
 
+    async fn probe(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        component: &str,
+        version: i64,
+        tables: &[&str],
+    ) -> Result<(), StoreFailure> {
+        for table in tables {
+            let name = self.table(table);
+            if let Err(error) = tx
+                .batch_execute(&format!("SELECT * FROM {name} LIMIT 0"))
+                .await
+            {
+                let failure = match StoreFailure::from(error) {
+                    // A missing table or column: the version row lies.
+                    StoreFailure::Rejected(source) => StoreFailure::Corrupt(source),
+                    other => other,
+                };
+                return Err(failure.context(format!(
+                    "the {component} schema (version {version}) is damaged: table {name} is \
+                     unreadable"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn create_or_check(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -207,7 +244,7 @@ impl Tables {
         version: i64,
         ddl: &str,
         upgrades: &[String],
-    ) -> Result<(), PgFailure> {
+    ) -> Result<(), StoreFailure> {
         // Serialize concurrent creators: `CREATE ... IF NOT EXISTS` alone
         // races (two creators can both miss the catalog row and one fails
         // on its unique index). The lock is released at commit or rollback.
@@ -238,7 +275,7 @@ impl Tables {
             .map(|row| row.get(0));
         match found {
             Some(found) if found > version => {
-                return Err(PgFailure::SchemaTooNew {
+                return Err(StoreFailure::SchemaTooNew {
                     found,
                     supported: version,
                 });
@@ -268,65 +305,108 @@ impl Tables {
     }
 }
 
-/// A PostgreSQL failure, classified; each backend maps it into its own
-/// error enum.
-#[derive(Debug)]
-pub(crate) enum PgFailure {
-    /// Lock or serialization conflicts: retrying later may succeed.
-    Busy(BoxError),
-    /// The server, the network or the pool failed: transient.
-    Storage(BoxError),
-    /// Unusable configuration (bad URL, authentication, unknown database,
-    /// missing privilege, bad schema name): permanent.
-    Config(String),
-    /// The store was written by a newer version of this crate.
-    SchemaTooNew { found: i64, supported: i64 },
-}
-
-impl From<tokio_postgres::Error> for PgFailure {
+/// Classifies a driver error by its SQLSTATE (see [`StoreFailure`]); the
+/// error is kept as the source, shown with the server's message, SQLSTATE,
+/// detail and hint.
+impl From<tokio_postgres::Error> for StoreFailure {
     fn from(error: tokio_postgres::Error) -> Self {
-        let Some(code) = error.code() else {
-            // No SQLSTATE: an I/O or protocol error, a closed connection.
-            return PgFailure::Storage(Box::new(error));
+        let Some(code) = error.code().cloned() else {
+            // No SQLSTATE: an I/O or protocol error, a closed connection, a
+            // connect timeout.
+            return StoreFailure::Unavailable(Box::new(ServerError(error)));
         };
+        let source = Box::new(ServerError(error));
         let class = &code.code()[..2];
         if [
             SqlState::T_R_SERIALIZATION_FAILURE,
             SqlState::T_R_DEADLOCK_DETECTED,
             SqlState::LOCK_NOT_AVAILABLE,
         ]
-        .contains(code)
+        .contains(&code)
         {
-            PgFailure::Busy(Box::new(error))
-        } else if class == "28" // invalid authorization
-            || *code == SqlState::INVALID_CATALOG_NAME // no such database
-            || *code == SqlState::INSUFFICIENT_PRIVILEGE
+            StoreFailure::Busy(source)
+        } else if class == "08" // connection exception
+            || class == "53" // insufficient resources: disk full, out of memory, connections
+            || class == "58" // system error: I/O
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::QUERY_CANCELED,
+                SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN,
+                SqlState::OBJECT_IN_USE,
+                SqlState::READ_ONLY_SQL_TRANSACTION, // a standby: a failover heals it
+                SqlState::INTERNAL_ERROR,
+            ]
+            .contains(&code)
         {
-            PgFailure::Config(error.to_string())
+            StoreFailure::Unavailable(source)
+        } else if class == "28" // invalid authorization: unknown role, bad password
+            || code == SqlState::INVALID_CATALOG_NAME // no such database
+            || code == SqlState::DATABASE_DROPPED
+        {
+            StoreFailure::CannotOpen(source)
+        } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
+            StoreFailure::PermissionDenied(source)
+        } else if class == "54" {
+            // Program limit exceeded: a value or statement too large.
+            StoreFailure::TooBig(source)
+        } else if code == SqlState::DATA_CORRUPTED || code == SqlState::INDEX_CORRUPTED {
+            StoreFailure::Corrupt(source)
         } else {
-            PgFailure::Storage(Box::new(error))
+            // A reserved or invalid schema, a missing table, a constraint,
+            // bad data: the same statement fails again.
+            StoreFailure::Rejected(source)
         }
     }
 }
 
-impl PgFailure {
+impl StoreFailure {
     pub(crate) fn from_pool(error: PoolError) -> Self {
         match error {
-            PoolError::Backend(error) => PgFailure::from(error),
-            other => PgFailure::Storage(Box::new(other)),
+            PoolError::Backend(error) => StoreFailure::from(error),
+            other => StoreFailure::Unavailable(Box::new(other)),
         }
     }
 }
 
-impl fmt::Display for PgFailure {
+/// A driver error shown with what the server said: its message, SQLSTATE,
+/// detail and hint (`tokio_postgres::Error` alone shows only "db error").
+/// Its source is the driver's error.
+#[derive(Debug)]
+pub(crate) struct ServerError(tokio_postgres::Error);
+
+impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PgFailure::Busy(error) | PgFailure::Storage(error) => fmt::Display::fmt(error, f),
-            PgFailure::Config(reason) => f.write_str(reason),
-            PgFailure::SchemaTooNew { found, supported } => write!(
-                f,
-                "schema version {found} is newer than the supported version {supported}"
-            ),
+        let Some(db) = self.0.as_db_error() else {
+            // Not from the server: the driver's words, and their cause.
+            fmt::Display::fmt(&self.0, f)?;
+            let mut cause = std::error::Error::source(&self.0);
+            while let Some(error) = cause {
+                write!(f, ": {error}")?;
+                cause = error.source();
+            }
+            return Ok(());
+        };
+        write!(
+            f,
+            "{} (SQLSTATE {}, {})",
+            db.message(),
+            db.code().code(),
+            db.severity()
+        )?;
+        if let Some(detail) = db.detail() {
+            write!(f, "; detail: {detail}")?;
         }
+        if let Some(hint) = db.hint() {
+            write!(f, "; hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }

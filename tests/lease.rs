@@ -555,3 +555,34 @@ async fn shard_since_and_gc_horizon_follow_the_slowest_live_reader_and_never_mov
         }
     );
 }
+
+/// A runtime that shuts down before the lease task was ever polled drops the
+/// task unrun: the handle must still learn that the task ended.
+#[test]
+fn lease_whose_task_is_dropped_before_its_first_poll_reports_stopped() {
+    let (_clock, shared) = manual();
+    let config = config_on(&shared);
+    let shard = MemoryShard::new(shared, TTL, 0_u64, 0_u64);
+    let (backend, since, seqno) = shard.register();
+    let doomed = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let lease = {
+        let _entered = doomed.enter();
+        Lease::spawn(backend, &config, since, seqno)
+    };
+    drop(doomed); // the task is dropped without ever being polled
+
+    assert_eq!(lease.ended(), Some(LeaseError::Stopped));
+    assert!(!lease.validity().is_valid());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let downgrade = tokio::time::timeout(SEC, lease.downgrade_since(5)).await;
+        assert_eq!(downgrade, Ok(Err(LeaseError::Stopped)));
+        let expire = tokio::time::timeout(SEC, lease.expire()).await;
+        assert_eq!(expire, Ok(Err(LeaseError::Stopped)));
+    });
+}

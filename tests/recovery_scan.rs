@@ -19,7 +19,7 @@ use leasehold::WatchCell;
 use leasehold::clock::ManualClock;
 use leasehold::recovery::{
     Checkpoint, FinalCheckpoint, KeySource, MemoryProgressStore, ProgressStore, ProgressStoreError,
-    Recheck, RecoveryScan, ResumePoint, RetryPolicy, ScanConfig, ScanError, ScanKey,
+    Recheck, RecoveryScan, ResumePoint, RetryPolicy, ScanConfig, ScanError, ScanKey, ScanReport,
     ScopeFingerprint, SettledCursor,
 };
 use leasehold::status::{SyncOutcome, SyncRegistry};
@@ -1155,6 +1155,193 @@ fn invalid_configuration_is_rejected_by_setting_name() {
     assert_eq!(new(config(1, 1, 0)), "window");
 }
 
+// ---------------------------------------------------------------- scan: given-up keys and crashes
+
+/// Runs a scan of keys `0..10` over `store`, on a runtime of its own, where
+/// key 3 fails its only allowed attempt (it is given up at once) and key 7's
+/// sync never finishes; then "crashes" (drops the runtime with the scan and
+/// everything it spawned) once the stored checkpoint has passed key 3.
+fn crash_after_giving_up_key_3<S: ProgressStore + Clone>(store: S) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let scan = RecoveryScan::new(
+            keys(0..10),
+            store.clone(),
+            Arc::new(SyncRegistry::new()),
+            ScanConfig {
+                retry: RetryPolicy {
+                    max_attempts: std::num::NonZeroU32::new(1),
+                    ..RetryPolicy::default()
+                },
+                ..config(4, 1, 16)
+            },
+        )
+        .unwrap();
+        let run = scan.run(
+            scope("s"),
+            |key, _cancel| async move {
+                match key {
+                    3 => SyncOutcome::Failed("corrupt blob".into()),
+                    7 => std::future::pending().await,
+                    _ => SyncOutcome::Success,
+                }
+            },
+            no_recheck,
+        );
+        let passed_3 = async {
+            loop {
+                let saved = store.load().await.unwrap();
+                if saved.is_some_and(|checkpoint| decode(&checkpoint.resume).covers(&3)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::select! {
+            report = run => panic!("the scan cannot finish while key 7 hangs: {report:?}"),
+            passed = tokio::time::timeout(Duration::from_secs(10), passed_3) => {
+                passed.expect("the checkpoint passes key 3");
+            }
+        }
+    });
+    drop(runtime); // the crash: nothing more runs
+}
+
+/// The scan that resumes after [`crash_after_giving_up_key_3`]: every sync
+/// succeeds; returns its report and how often each key's sync ran.
+fn resume_after_the_crash<S: ProgressStore>(store: S) -> (ScanReport<u64>, Vec<u32>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ran: Arc<Vec<AtomicU32>> = Arc::new((0..10).map(|_| AtomicU32::new(0)).collect());
+    let report = runtime.block_on({
+        let ran = Arc::clone(&ran);
+        async move {
+            let scan = RecoveryScan::new(
+                keys(0..10),
+                store,
+                Arc::new(SyncRegistry::new()),
+                config(4, 1, 16),
+            )
+            .unwrap();
+            let run = scan.run(
+                scope("s"),
+                move |key: u64, _cancel| {
+                    ran[key as usize].fetch_add(1, Ordering::SeqCst);
+                    async { SyncOutcome::Success }
+                },
+                no_recheck,
+            );
+            tokio::time::timeout(Duration::from_secs(10), run)
+                .await
+                .expect("the resumed scan finishes")
+                .unwrap()
+        }
+    });
+    let ran = ran.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+    (report, ran)
+}
+
+#[test]
+fn given_up_key_is_reported_again_by_the_scan_resumed_after_a_crash() {
+    let store = MemoryProgressStore::new();
+    crash_after_giving_up_key_3(store.clone());
+    assert_eq!(store.given_up(), [3_u64.to_bytes()]);
+
+    let (report, ran) = resume_after_the_crash(store.clone());
+    assert!(report.completed);
+    assert_eq!(
+        report.gave_up,
+        [3],
+        "the given-up key is reported, not lost"
+    );
+    assert_eq!(report.progress.gave_up, 1);
+    assert_eq!(ran[3], 0, "a given-up key is the caller's, not retried");
+    assert_eq!(ran[7], 1, "the key in flight at the crash runs again");
+    assert_eq!(store.checkpoint(), None);
+}
+
+/// A store that implements only `load`, `save` and `clear`: it cannot keep
+/// given-up keys.
+#[derive(Clone, Default)]
+struct PlainStore(MemoryProgressStore);
+
+impl ProgressStore for PlainStore {
+    async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
+        self.0.load().await
+    }
+    async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
+        self.0.save(checkpoint).await
+    }
+    async fn clear(&self) -> Result<(), ProgressStoreError> {
+        self.0.clear().await
+    }
+}
+
+#[test]
+fn given_up_key_is_retried_after_a_crash_when_the_store_cannot_keep_it() {
+    let store = PlainStore::default();
+    // The checkpoint never passes key 3 in such a store, so "crash" once it
+    // reached it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let scan = RecoveryScan::new(
+            keys(0..10),
+            store.clone(),
+            Arc::new(SyncRegistry::new()),
+            ScanConfig {
+                retry: RetryPolicy {
+                    max_attempts: std::num::NonZeroU32::new(1),
+                    ..RetryPolicy::default()
+                },
+                ..config(4, 1, 16)
+            },
+        )
+        .unwrap();
+        let control = scan.control();
+        let run = scan.run(
+            scope("s"),
+            |key, _cancel| async move {
+                match key {
+                    3 => SyncOutcome::Failed("corrupt blob".into()),
+                    7 => std::future::pending().await,
+                    _ => SyncOutcome::Success,
+                }
+            },
+            no_recheck,
+        );
+        let settled = async {
+            // Every key but 7 settled (3 given up); the saves are done.
+            while control.progress().settled < 9 || control.progress().checkpoints == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::select! {
+            report = run => panic!("the scan cannot finish while key 7 hangs: {report:?}"),
+            () = settled => {}
+        }
+        assert_eq!(control.progress().resume_point, ResumePoint::From(7));
+    });
+    drop(runtime);
+    let saved = decode(&store.0.checkpoint().unwrap().resume);
+    assert!(
+        !saved.covers(&3),
+        "saved {saved:?} passes the given-up key 3"
+    );
+
+    let (report, ran) = resume_after_the_crash(store);
+    assert!(report.completed);
+    assert_eq!(ran[3], 1, "the given-up key is retried, not passed");
+    assert!(report.gave_up.is_empty());
+}
+
 // ---------------------------------------------------------------- SQLite store
 
 #[cfg(feature = "sqlite")]
@@ -1242,6 +1429,57 @@ mod sqlite {
         .unwrap();
         let error = SqliteProgressStore::open(&path, "a").await.unwrap_err();
         assert!(error.to_string().contains("99"), "{error}");
+    }
+
+    #[test]
+    fn given_up_key_is_reported_again_after_a_crash_with_the_sqlite_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let open = || SqliteProgressStore::open_blocking(&path, "recovery").unwrap();
+        crash_after_giving_up_key_3(open());
+
+        let (report, ran) = resume_after_the_crash(open());
+        assert!(report.completed);
+        assert_eq!(
+            report.gave_up,
+            [3],
+            "the given-up key is reported, not lost"
+        );
+        assert_eq!(ran[3], 0);
+        assert_eq!(ran[7], 1);
+    }
+
+    /// A file written before given-up keys were kept (progress schema 1) is
+    /// upgraded in place when opened: its checkpoint stays.
+    #[tokio::test]
+    async fn sqlite_store_upgrades_a_version_1_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("progress.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE leasehold_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
+             INSERT INTO leasehold_schema VALUES ('scan_progress', 1);
+             CREATE TABLE leasehold_scan_progress (
+                 scan TEXT PRIMARY KEY, scope BLOB NOT NULL, position INTEGER NOT NULL, key BLOB);
+             INSERT INTO leasehold_scan_progress VALUES ('a', X'73', 2, X'0000000000000005');",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteProgressStore::open(&path, "a").await.unwrap();
+        let checkpoint = Checkpoint {
+            scope: scope("s"),
+            resume: ResumePoint::After(5_u64.to_bytes()),
+        };
+        assert_eq!(store.load().await.unwrap(), Some(checkpoint.clone()));
+        store
+            .save_with_given_up(checkpoint.clone(), vec![vec![1], vec![]])
+            .await
+            .unwrap();
+        let reopened = SqliteProgressStore::open(&path, "a").await.unwrap();
+        assert_eq!(
+            reopened.load_with_given_up().await.unwrap(),
+            Some((checkpoint, vec![vec![1], vec![]]))
+        );
     }
 
     /// A scan stopped in one "process" resumes in the next from the
@@ -1418,7 +1656,13 @@ mod postgres {
             .await;
         let error = db.open("a").await.unwrap_err();
         assert!(
-            matches!(error, ProgressStoreError::Corrupt { .. }) && error.to_string().contains("99"),
+            matches!(
+                error,
+                ProgressStoreError::SchemaTooNew {
+                    found: 99,
+                    supported: 2
+                }
+            ) && !error.is_transient(),
             "{error}"
         );
     }
@@ -1457,6 +1701,31 @@ mod postgres {
         for open in opens {
             open.await.unwrap().unwrap();
         }
+    }
+
+    #[test]
+    fn given_up_key_is_reported_again_after_a_crash_with_the_postgres_store() {
+        let Some(db) = Db::new("given_up_key_survives_a_crash") else {
+            return;
+        };
+        let open = || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(db.open("recovery")).unwrap()
+        };
+        crash_after_giving_up_key_3(open());
+
+        let (report, ran) = resume_after_the_crash(open());
+        assert!(report.completed);
+        assert_eq!(
+            report.gave_up,
+            [3],
+            "the given-up key is reported, not lost"
+        );
+        assert_eq!(ran[3], 0);
+        assert_eq!(ran[7], 1);
     }
 
     /// A scan stopped in one "process" resumes in the next from the

@@ -23,9 +23,70 @@ pub enum ChangeLogError {
         /// Which backend reported it (`"sqlite"`, …).
         backend: &'static str,
     },
-    /// The store failed (I/O error, constraint violation, driver error, …).
+    /// The store failed in a way that may heal: an I/O error, a full disk,
+    /// a lost connection, a server shutting down or starting up. Retrying
+    /// later may succeed.
     #[error("the {backend} changelog failed: {source}")]
     Storage {
+        /// Which backend reported it.
+        backend: &'static str,
+        /// The driver's error (with its message, and SQLite's code or the
+        /// server's SQLSTATE).
+        #[source]
+        source: BoxError,
+    },
+    /// The database is not a database, is damaged, or holds a changelog
+    /// schema whose tables are gone. Permanent: restore the file or the
+    /// schema, or point the log at another one.
+    #[error(
+        "the {backend} changelog's database is unusable (corrupt, not a database, or its tables are gone): {source}"
+    )]
+    Corrupt {
+        /// Which backend reported it.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The store may not be written: a read-only file, directory or mount,
+    /// or a database role without the privilege. Permanent until the
+    /// permissions change.
+    #[error(
+        "the {backend} changelog may not be written (read-only, or missing privilege): {source}"
+    )]
+    PermissionDenied {
+        /// Which backend reported it.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The database cannot be opened: a missing directory, an unknown
+    /// database or role, failed authentication. Permanent: fix the path or
+    /// the connection settings.
+    #[error("the {backend} changelog's database cannot be opened: {source}")]
+    CannotOpen {
+        /// Which backend reported it.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A value (a payload) is larger than the store accepts. Permanent for
+    /// this value.
+    #[error("a value is too big for the {backend} changelog: {source}")]
+    TooBig {
+        /// Which backend reported it.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The store refused the statement itself (e.g. the configured schema is
+    /// reserved, a table or column is missing). Permanent: the same call
+    /// fails again.
+    #[error("the {backend} changelog refused the request: {source}")]
+    Rejected {
         /// Which backend reported it.
         backend: &'static str,
         /// The driver's error.
@@ -57,8 +118,20 @@ pub enum ChangeLogError {
 }
 
 impl ChangeLogError {
-    /// Whether retrying the same call later may succeed (busy store, I/O
-    /// hiccup, …) as opposed to a permanent condition (schema or config).
+    /// Whether retrying the same call later may succeed (a busy store, an
+    /// I/O hiccup, a lost connection, a worker gone) as opposed to a
+    /// permanent condition that needs a person (a corrupt or foreign file,
+    /// permissions, a missing path, a value too big, a schema too new, bad
+    /// configuration).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::changelog::ChangeLogError;
+    ///
+    /// assert!(ChangeLogError::Busy { backend: "sqlite" }.is_transient());
+    /// assert!(!ChangeLogError::SchemaTooNew { found: 9, supported: 2 }.is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -66,6 +139,30 @@ impl ChangeLogError {
                 | ChangeLogError::Storage { .. }
                 | ChangeLogError::WorkerUnavailable { .. }
         )
+    }
+
+    /// Maps a classified store failure of `backend`.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn from_failure(
+        backend: &'static str,
+        failure: crate::store_failure::StoreFailure,
+    ) -> Self {
+        use crate::store_failure::StoreFailure;
+        match failure {
+            StoreFailure::Busy(_) => ChangeLogError::Busy { backend },
+            StoreFailure::Unavailable(source) => ChangeLogError::Storage { backend, source },
+            StoreFailure::Corrupt(source) => ChangeLogError::Corrupt { backend, source },
+            StoreFailure::PermissionDenied(source) => {
+                ChangeLogError::PermissionDenied { backend, source }
+            }
+            StoreFailure::CannotOpen(source) => ChangeLogError::CannotOpen { backend, source },
+            StoreFailure::TooBig(source) => ChangeLogError::TooBig { backend, source },
+            StoreFailure::Rejected(source) => ChangeLogError::Rejected { backend, source },
+            StoreFailure::Config(reason) => ChangeLogError::Config { reason },
+            StoreFailure::SchemaTooNew { found, supported } => {
+                ChangeLogError::SchemaTooNew { found, supported }
+            }
+        }
     }
 }
 

@@ -18,7 +18,8 @@ use super::{
     FencedCommitError, OwnerId, Ownership, Removal, to_i64, to_u64,
 };
 use crate::clock::Clock;
-use crate::postgres::{Connect, PgFailure};
+use crate::postgres::Connect;
+use crate::store_failure::StoreFailure;
 use crate::sync::Mutex;
 
 const BACKEND: &str = "postgres";
@@ -26,24 +27,14 @@ const BACKEND: &str = "postgres";
 /// The changelog schema version this crate writes and reads.
 const SCHEMA_VERSION: i64 = 2;
 
-impl From<PgFailure> for ChangeLogError {
-    fn from(failure: PgFailure) -> Self {
-        match failure {
-            PgFailure::Busy(_) => ChangeLogError::Busy { backend: BACKEND },
-            PgFailure::Storage(source) => ChangeLogError::Storage {
-                backend: BACKEND,
-                source,
-            },
-            PgFailure::Config(reason) => ChangeLogError::Config { reason },
-            PgFailure::SchemaTooNew { found, supported } => {
-                ChangeLogError::SchemaTooNew { found, supported }
-            }
-        }
+impl From<StoreFailure> for ChangeLogError {
+    fn from(failure: StoreFailure) -> Self {
+        ChangeLogError::from_failure(BACKEND, failure)
     }
 }
 
 fn pg(error: tokio_postgres::Error) -> ChangeLogError {
-    PgFailure::from(error).into()
+    StoreFailure::from(error).into()
 }
 
 /// Configures and opens a [`PostgresChangeLog`].
@@ -114,11 +105,17 @@ impl PostgresChangeLogBuilder {
     ///
     /// # Errors
     ///
-    /// [`ChangeLogError::Config`] for an unusable URL, schema name or
-    /// duration, failed authentication, an unknown database or a missing
-    /// privilege; [`ChangeLogError::SchemaTooNew`] if the tables were
-    /// created by a newer version of this crate; [`ChangeLogError::Storage`]
-    /// if the server cannot be reached (transient).
+    /// Permanent: [`ChangeLogError::Config`] for an unusable URL, schema
+    /// name or duration; [`ChangeLogError::CannotOpen`] for an unknown
+    /// database or role, or failed authentication;
+    /// [`ChangeLogError::PermissionDenied`] for a missing privilege;
+    /// [`ChangeLogError::Rejected`] if the server refuses the schema (e.g. a
+    /// reserved one such as `pg_catalog`); [`ChangeLogError::Corrupt`] if
+    /// the version row is there but the table is not;
+    /// [`ChangeLogError::SchemaTooNew`] if the tables were created by a
+    /// newer version of this crate. Transient: [`ChangeLogError::Storage`]
+    /// if the server cannot be reached or is shutting down. Every error
+    /// from the server shows its message and SQLSTATE.
     ///
     /// # Cancel safety
     ///
@@ -158,7 +155,14 @@ impl PostgresChangeLogBuilder {
             tables.table("leasehold_changelog_claimable")
         )];
         tables
-            .ensure(&pool, "changelog", SCHEMA_VERSION, &ddl, &upgrades)
+            .ensure(
+                &pool,
+                "changelog",
+                SCHEMA_VERSION,
+                &ddl,
+                &upgrades,
+                &["leasehold_changelog"],
+            )
             .await?;
         Ok(PostgresChangeLog {
             shared: Arc::new(Shared {
@@ -386,7 +390,7 @@ impl PostgresChangeLog {
             .pool
             .get()
             .await
-            .map_err(|error| PgFailure::from_pool(error).into())
+            .map_err(|error| StoreFailure::from_pool(error).into())
     }
 
     /// Runs `commit` in one transaction on this log's database, whose first

@@ -15,7 +15,7 @@ use super::{
     FencedCommitError, OwnerId, Ownership, Removal, to_i64, to_u64,
 };
 use crate::clock::Clock;
-use crate::sqlite::{self, OpenError, Schema, Synchronous};
+use crate::sqlite::{self, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";
@@ -49,6 +49,7 @@ const SCHEMA: Schema = Schema {
                  ALTER TABLE leasehold_changelog ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;
                  DROP INDEX IF EXISTS leasehold_changelog_claimable;",
     ],
+    tables: &["leasehold_changelog"],
 };
 
 /// The wall clock, in milliseconds since the Unix epoch, for the
@@ -113,11 +114,16 @@ impl SqliteChangeLogBuilder {
     ///
     /// # Errors
     ///
-    /// [`ChangeLogError::Storage`] if the file cannot be opened or the schema
-    /// created, [`ChangeLogError::SchemaTooNew`] if the file was written by a
-    /// newer version of this crate, [`ChangeLogError::Busy`] if other
+    /// The file is checked here, not at the first call: permanent errors
+    /// are [`ChangeLogError::CannotOpen`] (a missing directory),
+    /// [`ChangeLogError::Corrupt`] (not a database, damaged, or the
+    /// changelog's table is gone), [`ChangeLogError::PermissionDenied`] (a
+    /// read-only file or directory), [`ChangeLogError::SchemaTooNew`] (a
+    /// file written by a newer version of this crate),
+    /// [`ChangeLogError::Config`] (out-of-range durations, a file system
+    /// that refuses WAL mode). Transient: [`ChangeLogError::Busy`] if other
     /// processes held the database locked past the busy timeout,
-    /// [`ChangeLogError::Config`] for out-of-range durations.
+    /// [`ChangeLogError::Storage`] for I/O errors.
     ///
     /// # Cancel safety
     ///
@@ -144,18 +150,8 @@ impl SqliteChangeLogBuilder {
             Durability::PowerLoss => Synchronous::Full,
             Durability::ProcessCrash => Synchronous::Normal,
         };
-        let conn =
-            sqlite::open(&self.path, self.busy_timeout, synchronous, &SCHEMA).map_err(|error| {
-                match error {
-                    OpenError::Sqlite(error) => storage(error),
-                    OpenError::NotWal { mode } => ChangeLogError::Config {
-                        reason: format!("the database refused WAL mode (journal_mode is {mode})"),
-                    },
-                    OpenError::SchemaTooNew { found, supported } => {
-                        ChangeLogError::SchemaTooNew { found, supported }
-                    }
-                }
-            })?;
+        let conn = sqlite::open(&self.path, self.busy_timeout, synchronous, &SCHEMA)
+            .map_err(|failure| ChangeLogError::from_failure(BACKEND, failure))?;
         Ok(SqliteChangeLog {
             shared: Arc::new(Shared {
                 path: self.path,
@@ -168,17 +164,12 @@ impl SqliteChangeLogBuilder {
     }
 }
 
-/// Maps a driver error: lock timeouts are [`ChangeLogError::Busy`], the
-/// rest [`ChangeLogError::Storage`].
+/// Maps a driver error by its cause: lock timeouts are
+/// [`ChangeLogError::Busy`], I/O errors [`ChangeLogError::Storage`]
+/// (both transient); a corrupt file, permissions, a missing path or a value
+/// too big are permanent.
 fn storage(error: rusqlite::Error) -> ChangeLogError {
-    if sqlite::is_busy(&error) {
-        ChangeLogError::Busy { backend: BACKEND }
-    } else {
-        ChangeLogError::Storage {
-            backend: BACKEND,
-            source: Box::new(error),
-        }
-    }
+    ChangeLogError::from_failure(BACKEND, error.into())
 }
 
 /// A [`ChangeLog`] in an SQLite database file: durable, and safe for several

@@ -43,30 +43,40 @@ pub(super) fn spawn<B: LeaseBackend>(
     config: LeaseConfig,
     start: Instant,
 ) {
-    let counted = CountWakeups {
-        shared: Arc::clone(&shared),
+    let controller = Arc::new(controller);
+    let task = Task {
+        exit: ExitGuard {
+            shared: Arc::clone(&shared),
+            controller: Arc::clone(&controller),
+        },
         polled: false,
         inner: Box::pin(run(backend, shared, controller, config, start)),
     };
     // Detached: the task outlives the handle, to expire the lease after a drop.
-    drop(tokio::spawn(counted));
+    drop(tokio::spawn(task));
 }
 
-/// Counts every poll of the task after the first: each one is a wake-up.
-/// Counting polls (rather than loop iterations) also catches wake-ups that
-/// found nothing to do.
-struct CountWakeups<S, Q, F> {
-    shared: Arc<LeaseShared<S, Q>>,
+/// The spawned future: counts wake-ups, and owns the [`ExitGuard`].
+///
+/// The guard lives here, not inside `run`'s body, because a future that is
+/// dropped before its first poll (its runtime shut down first) never runs
+/// any of its body: a guard created there would never exist, and the
+/// handle would wait for an end nobody records.
+struct Task<S: super::Since, Q: super::Seqno, F> {
+    exit: ExitGuard<S, Q>,
     polled: bool,
     inner: Pin<Box<F>>,
 }
 
-impl<S, Q, F: Future> Future for CountWakeups<S, Q, F> {
+impl<S: super::Since, Q: super::Seqno, F: Future> Future for Task<S, Q, F> {
     type Output = F::Output;
 
+    /// Counts every poll after the first: each one is a wake-up. Counting
+    /// polls (rather than loop iterations) also catches wake-ups that found
+    /// nothing to do.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         if std::mem::replace(&mut self.polled, true) {
-            Counters::bump(&self.shared.counters.wakeups);
+            Counters::bump(&self.exit.shared.counters.wakeups);
         }
         self.inner.as_mut().poll(cx)
     }
@@ -82,33 +92,33 @@ enum Renewal {
     Ended(LeaseError),
 }
 
-/// Marks the lease ended however the task exits: a panicking backend or a
-/// runtime that drops the task leaves it [`LeaseError::Stopped`]. On a
-/// normal exit the end is recorded already, and stands.
-/// The validity is invalidated before the end is recorded, so whoever sees
-/// the end also sees an invalid validity.
-struct ExitGuard<'a, S: super::Since, Q: super::Seqno>(
-    &'a LeaseShared<S, Q>,
-    &'a ValidityController,
-);
+/// Marks the lease ended however the task exits: a panicking backend, or a
+/// runtime that drops the task (polled or never polled), leaves it
+/// [`LeaseError::Stopped`]. On a normal exit the end is recorded already,
+/// and stands. The validity is invalidated before the end is recorded, so
+/// whoever sees the end also sees an invalid validity.
+struct ExitGuard<S: super::Since, Q: super::Seqno> {
+    shared: Arc<LeaseShared<S, Q>>,
+    controller: Arc<ValidityController>,
+}
 
-impl<S: super::Since, Q: super::Seqno> Drop for ExitGuard<'_, S, Q> {
+impl<S: super::Since, Q: super::Seqno> Drop for ExitGuard<S, Q> {
     fn drop(&mut self) {
-        self.1.invalidate(InvalidReason::Stopped);
-        self.0.end(Ended::Failed(LeaseError::Stopped));
+        self.controller.invalidate(InvalidReason::Stopped);
+        self.shared.end(Ended::Failed(LeaseError::Stopped));
     }
 }
 
 async fn run<B: LeaseBackend>(
     backend: B,
     shared: Arc<Shared<B>>,
-    controller: ValidityController,
+    controller: Arc<ValidityController>,
     config: LeaseConfig,
     start: Instant,
 ) {
     // Every path below invalidates the validity, then records the end; the
-    // guard covers a panic in the backend and a runtime dropping the task.
-    let _guard = ExitGuard(&shared, &controller);
+    // `ExitGuard` owned by the spawned `Task` covers a panic in the backend
+    // and a runtime dropping the task.
     let clock = config.clock().clone();
     let period = config.period();
     let mut jitter = Jitter::new(config.jitter);

@@ -2,6 +2,8 @@
 //!
 //! The pieces are re-exported from [`recovery`](super).
 
+mod checkpoint;
+mod control;
 mod cursor;
 mod driver;
 mod error;
@@ -9,20 +11,26 @@ mod error;
 mod postgres;
 mod progress;
 mod retry;
+mod retry_schedule;
+mod source;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod window;
 
+pub use control::{FinalCheckpoint, ScanControl, ScanProgress, ScanReport};
 pub use cursor::{KeyState, ResumePoint, SettledCursor};
-pub use driver::{
-    FinalCheckpoint, KeySource, Recheck, RecoveryScan, ScanConfig, ScanControl, ScanProgress,
-    ScanReport,
-};
+pub use driver::{RecoveryScan, ScanConfig};
 pub use error::{
     BoxError, CursorError, KeyDecodeError, ProgressStoreError, ScanConfigError, ScanError,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresProgressStore, PostgresProgressStoreBuilder};
-pub use progress::{Checkpoint, MemoryProgressStore, ProgressStore, ScanKey, ScopeFingerprint};
+pub use progress::{
+    Checkpoint, CheckpointWithGivenUp, MemoryProgressStore, ProgressStore, ScanKey,
+    ScopeFingerprint,
+};
 pub use retry::{Retry, RetryPolicy, RetryQueue};
+pub use retry_schedule::Recheck;
+pub use source::KeySource;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteProgressStore;

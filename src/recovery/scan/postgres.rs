@@ -10,41 +10,26 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
 use super::error::ProgressStoreError;
 use super::progress::{
-    Checkpoint, ProgressStore, ScopeFingerprint, resume_from_row, resume_to_row,
+    Checkpoint, CheckpointWithGivenUp, ProgressStore, ScopeFingerprint, resume_from_row,
+    resume_to_row,
 };
-use crate::postgres::{Connect, PgFailure};
+use crate::postgres::Connect;
+use crate::store_failure::StoreFailure;
 
 const BACKEND: &str = "postgres";
 
-/// The progress-table schema version this crate writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+/// The progress-table schema version this crate writes and reads (2 added
+/// `given_up`).
+const SCHEMA_VERSION: i64 = 2;
 
-impl From<PgFailure> for ProgressStoreError {
-    fn from(failure: PgFailure) -> Self {
-        match failure {
-            PgFailure::SchemaTooNew { found, supported } => ProgressStoreError::Corrupt {
-                reason: format!(
-                    "scan progress schema version {found} is newer than the supported \
-                     version {supported}"
-                ),
-            },
-            // Permanent causes (bad URL, authentication) are still reported
-            // as backend failures: the enum has no configuration variant, and
-            // the message names the cause.
-            PgFailure::Config(reason) => ProgressStoreError::Backend {
-                backend: BACKEND,
-                source: reason.into(),
-            },
-            PgFailure::Busy(source) | PgFailure::Storage(source) => ProgressStoreError::Backend {
-                backend: BACKEND,
-                source,
-            },
-        }
+impl From<StoreFailure> for ProgressStoreError {
+    fn from(failure: StoreFailure) -> Self {
+        ProgressStoreError::from_failure(BACKEND, failure)
     }
 }
 
 fn pg(error: tokio_postgres::Error) -> ProgressStoreError {
-    PgFailure::from(error).into()
+    StoreFailure::from(error).into()
 }
 
 /// Configures and opens a [`PostgresProgressStore`].
@@ -94,10 +79,17 @@ impl PostgresProgressStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ProgressStoreError::Backend`] if the server cannot be reached, the
-    /// URL or schema name is unusable, or the table cannot be created;
-    /// [`ProgressStoreError::Corrupt`] if the database holds a newer
-    /// progress schema than this crate reads.
+    /// Permanent: [`ProgressStoreError::Config`] for an unusable URL,
+    /// schema name or pool size; [`ProgressStoreError::CannotOpen`] for an
+    /// unknown database or role, or failed authentication;
+    /// [`ProgressStoreError::PermissionDenied`] for a missing privilege;
+    /// [`ProgressStoreError::Rejected`] if the server refuses the schema
+    /// (e.g. `pg_catalog`); [`ProgressStoreError::CorruptDatabase`] if the
+    /// version row is there but the table is not;
+    /// [`ProgressStoreError::SchemaTooNew`] if the database holds a newer
+    /// progress schema than this crate reads. Transient:
+    /// [`ProgressStoreError::Backend`] if the server cannot be reached.
+    /// Every error from the server shows its message and SQLSTATE.
     ///
     /// # Cancel safety
     ///
@@ -106,29 +98,41 @@ impl PostgresProgressStoreBuilder {
         let (pool, tables) = self.connect.pool()?;
         let table = tables.table("leasehold_scan_progress");
         // `position`: 0 = start, 1 = from `key` (inclusive), 2 = after `key`
-        // (exclusive), as in the SQLite store.
+        // (exclusive), as in the SQLite store. `given_up`: the keys the scan
+        // gave up on, in order.
         let ddl = format!(
             "CREATE TABLE {table} (
                  scan TEXT PRIMARY KEY,
                  scope BYTEA NOT NULL,
                  position SMALLINT NOT NULL,
-                 key BYTEA
+                 key BYTEA,
+                 given_up BYTEA[]
              )"
         );
+        let upgrades = [format!("ALTER TABLE {table} ADD COLUMN given_up BYTEA[]")];
         tables
-            .ensure(&pool, "scan_progress", SCHEMA_VERSION, &ddl, &[])
+            .ensure(
+                &pool,
+                "scan_progress",
+                SCHEMA_VERSION,
+                &ddl,
+                &upgrades,
+                &["leasehold_scan_progress"],
+            )
             .await?;
         Ok(PostgresProgressStore {
             shared: Arc::new(Shared {
                 pool,
                 schema: tables.schema().map(str::to_owned),
                 scan: self.scan,
-                load: format!("SELECT scope, position, key FROM {table} WHERE scan = $1"),
+                load: format!("SELECT scope, position, key, given_up FROM {table} WHERE scan = $1"),
                 // One statement: the row is replaced whole or not at all.
                 save: format!(
-                    "INSERT INTO {table} (scan, scope, position, key) VALUES ($1, $2, $3, $4)
+                    "INSERT INTO {table} (scan, scope, position, key, given_up)
+                     VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (scan) DO UPDATE
-                     SET scope = excluded.scope, position = excluded.position, key = excluded.key"
+                     SET scope = excluded.scope, position = excluded.position, key = excluded.key,
+                         given_up = excluded.given_up"
                 ),
                 clear: format!("DELETE FROM {table} WHERE scan = $1"),
             }),
@@ -216,7 +220,7 @@ impl PostgresProgressStore {
             .pool
             .get()
             .await
-            .map_err(|error| PgFailure::from_pool(error).into())
+            .map_err(|error| StoreFailure::from_pool(error).into())
     }
 }
 
@@ -231,38 +235,14 @@ impl fmt::Debug for PostgresProgressStore {
 
 impl ProgressStore for PostgresProgressStore {
     async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&self.shared.load).await.map_err(pg)?;
-        let row = client
-            .query_opt(&statement, &[&self.shared.scan])
-            .await
-            .map_err(pg)?;
-        row.map(|row| {
-            Ok(Checkpoint {
-                scope: ScopeFingerprint::new(row.get::<_, Vec<u8>>(0)),
-                resume: resume_from_row(i64::from(row.get::<_, i16>(1)), row.get(2))?,
-            })
-        })
-        .transpose()
+        Ok(self
+            .load_with_given_up()
+            .await?
+            .map(|(checkpoint, _)| checkpoint))
     }
 
     async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&self.shared.save).await.map_err(pg)?;
-        let (position, key) = resume_to_row(checkpoint.resume);
-        client
-            .execute(
-                &statement,
-                &[
-                    &self.shared.scan,
-                    &checkpoint.scope.as_bytes(),
-                    &position,
-                    &key,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(())
+        self.save_with_given_up(checkpoint, Vec::new()).await
     }
 
     async fn clear(&self) -> Result<(), ProgressStoreError> {
@@ -273,6 +253,59 @@ impl ProgressStore for PostgresProgressStore {
             .map_err(pg)?;
         client
             .execute(&statement, &[&self.shared.scan])
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    fn keeps_given_up(&self) -> bool {
+        true
+    }
+
+    async fn load_with_given_up(
+        &self,
+    ) -> Result<Option<CheckpointWithGivenUp>, ProgressStoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&self.shared.load).await.map_err(pg)?;
+        let row = client
+            .query_opt(&statement, &[&self.shared.scan])
+            .await
+            .map_err(pg)?;
+        row.map(|row| {
+            let checkpoint = Checkpoint {
+                scope: ScopeFingerprint::new(row.get::<_, Vec<u8>>(0)),
+                resume: resume_from_row(i64::from(row.get::<_, i16>(1)), row.get(2))?,
+            };
+            let given_up: Option<Vec<Vec<u8>>> =
+                row.try_get(3)
+                    .map_err(|error| ProgressStoreError::Corrupt {
+                        reason: format!("unreadable given-up keys: {error}"),
+                    })?;
+            Ok((checkpoint, given_up.unwrap_or_default()))
+        })
+        .transpose()
+    }
+
+    async fn save_with_given_up(
+        &self,
+        checkpoint: Checkpoint,
+        given_up: Vec<Vec<u8>>,
+    ) -> Result<(), ProgressStoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&self.shared.save).await.map_err(pg)?;
+        let (position, key) = resume_to_row(checkpoint.resume);
+        let given_up = (!given_up.is_empty()).then_some(given_up);
+        client
+            .execute(
+                &statement,
+                &[
+                    &self.shared.scan,
+                    &checkpoint.scope.as_bytes(),
+                    &position,
+                    &key,
+                    &given_up,
+                ],
+            )
             .await
             .map_err(pg)?;
         Ok(())

@@ -157,6 +157,11 @@ pub struct Checkpoint {
     pub resume: ResumePoint<Vec<u8>>,
 }
 
+/// A [`Checkpoint`] and the keys given up before it (in their stored form,
+/// in the order they were given up), as
+/// [`ProgressStore::load_with_given_up`] returns them.
+pub type CheckpointWithGivenUp = (Checkpoint, Vec<Vec<u8>>);
+
 /// The row form of a resume point that the SQL stores share: a position
 /// code (0 = start, 1 = from `key` inclusive, 2 = after `key` exclusive) and
 /// the key, present for codes 1 and 2.
@@ -248,6 +253,67 @@ pub trait ProgressStore: Send + Sync + 'static {
     ///
     /// As for [`save`](Self::save).
     fn clear(&self) -> impl Future<Output = Result<(), ProgressStoreError>> + Send;
+
+    /// Whether this store keeps, with the checkpoint, the keys a scan gave
+    /// up on ([`RetryPolicy::max_attempts`](super::RetryPolicy::max_attempts)):
+    /// whether [`save_with_given_up`](Self::save_with_given_up) stores them
+    /// and [`load_with_given_up`](Self::load_with_given_up) returns them.
+    ///
+    /// The default is `false`. A scan over a store that does not keep them
+    /// never saves a resume point past a key it gave up on, so after a
+    /// crash the key is read, and retried, again. Over a store that keeps
+    /// them, the resume point moves on, and a resumed scan reports them
+    /// again in [`ScanReport::gave_up`](super::ScanReport::gave_up).
+    fn keeps_given_up(&self) -> bool {
+        false
+    }
+
+    /// The saved checkpoint, if any, with the given-up keys saved with it
+    /// (in their stored form, in the order they were given up).
+    ///
+    /// The default returns [`load`](Self::load)'s checkpoint with no keys.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (read only).
+    fn load_with_given_up(
+        &self,
+    ) -> impl Future<Output = Result<Option<CheckpointWithGivenUp>, ProgressStoreError>> + Send
+    {
+        async move {
+            Ok(self
+                .load()
+                .await?
+                .map(|checkpoint| (checkpoint, Vec::new())))
+        }
+    }
+
+    /// Durably replaces the checkpoint and its given-up keys, in one step.
+    /// [`save`](Self::save) is this with no keys.
+    ///
+    /// The default saves `checkpoint` and drops `given_up`: such a store
+    /// answers `false` to [`keeps_given_up`](Self::keeps_given_up), and the
+    /// scan keeps its resume point before the keys instead.
+    ///
+    /// # Errors
+    ///
+    /// As [`save`](Self::save).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`save`](Self::save).
+    fn save_with_given_up(
+        &self,
+        checkpoint: Checkpoint,
+        given_up: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<(), ProgressStoreError>> + Send {
+        drop(given_up);
+        self.save(checkpoint)
+    }
 }
 
 impl<S: ProgressStore> ProgressStore for Arc<S> {
@@ -265,6 +331,25 @@ impl<S: ProgressStore> ProgressStore for Arc<S> {
     fn clear(&self) -> impl Future<Output = Result<(), ProgressStoreError>> + Send {
         (**self).clear()
     }
+
+    fn keeps_given_up(&self) -> bool {
+        (**self).keeps_given_up()
+    }
+
+    fn load_with_given_up(
+        &self,
+    ) -> impl Future<Output = Result<Option<CheckpointWithGivenUp>, ProgressStoreError>> + Send
+    {
+        (**self).load_with_given_up()
+    }
+
+    fn save_with_given_up(
+        &self,
+        checkpoint: Checkpoint,
+        given_up: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<(), ProgressStoreError>> + Send {
+        (**self).save_with_given_up(checkpoint, given_up)
+    }
 }
 
 /// A [`ProgressStore`] in memory: for tests, and for scans that need only
@@ -280,6 +365,7 @@ pub struct MemoryProgressStore {
 #[derive(Debug, Default)]
 struct MemoryState {
     checkpoint: Option<Checkpoint>,
+    given_up: Vec<Vec<u8>>,
     saves: u64,
 }
 
@@ -294,7 +380,14 @@ impl MemoryProgressStore {
         self.inner.lock().checkpoint.clone()
     }
 
-    /// How many times [`save`](ProgressStore::save) has succeeded.
+    /// The given-up keys saved with the checkpoint, read synchronously.
+    pub fn given_up(&self) -> Vec<Vec<u8>> {
+        self.inner.lock().given_up.clone()
+    }
+
+    /// How many times [`save`](ProgressStore::save) (or
+    /// [`save_with_given_up`](ProgressStore::save_with_given_up)) has
+    /// succeeded.
     pub fn saves(&self) -> u64 {
         self.inner.lock().saves
     }
@@ -306,14 +399,39 @@ impl ProgressStore for MemoryProgressStore {
     }
 
     async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
-        let mut state = self.inner.lock();
-        state.checkpoint = Some(checkpoint);
-        state.saves += 1;
-        Ok(())
+        self.save_with_given_up(checkpoint, Vec::new()).await
     }
 
     async fn clear(&self) -> Result<(), ProgressStoreError> {
-        self.inner.lock().checkpoint = None;
+        let mut state = self.inner.lock();
+        state.checkpoint = None;
+        state.given_up.clear();
+        Ok(())
+    }
+
+    fn keeps_given_up(&self) -> bool {
+        true
+    }
+
+    async fn load_with_given_up(
+        &self,
+    ) -> Result<Option<CheckpointWithGivenUp>, ProgressStoreError> {
+        let state = self.inner.lock();
+        Ok(state
+            .checkpoint
+            .clone()
+            .map(|checkpoint| (checkpoint, state.given_up.clone())))
+    }
+
+    async fn save_with_given_up(
+        &self,
+        checkpoint: Checkpoint,
+        given_up: Vec<Vec<u8>>,
+    ) -> Result<(), ProgressStoreError> {
+        let mut state = self.inner.lock();
+        state.checkpoint = Some(checkpoint);
+        state.given_up = given_up;
+        state.saves += 1;
         Ok(())
     }
 }

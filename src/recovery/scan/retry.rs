@@ -36,7 +36,10 @@ pub struct RetryPolicy {
     pub jitter: f64,
     /// Give a key up after this many failed attempts (first run included);
     /// `None` (the default) retries until it settles. A given-up key is
-    /// reported, and the resume point moves past it.
+    /// reported, and the resume point moves past it; the store saves it with
+    /// the checkpoint, so a run resumed after a crash reports it again (a
+    /// store that cannot keep it holds the saved resume point before it
+    /// instead: see [`ProgressStore::keeps_given_up`](super::ProgressStore::keeps_given_up)).
     pub max_attempts: Option<NonZeroU32>,
 }
 

@@ -9,27 +9,65 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::error::ProgressStoreError;
 use super::progress::{
-    Checkpoint, ProgressStore, ScopeFingerprint, resume_from_row, resume_to_row,
+    Checkpoint, CheckpointWithGivenUp, ProgressStore, ScopeFingerprint, resume_from_row,
+    resume_to_row,
 };
-use crate::sqlite::{self, OpenError, Schema, Synchronous};
+use crate::sqlite::{self, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";
 
 /// The progress table, at the schema version this crate writes and reads.
 /// `position`: 0 = start, 1 = from `key` (inclusive), 2 = after `key`
-/// (exclusive).
+/// (exclusive). `given_up`: the keys the scan gave up on, each a 4-byte
+/// big-endian length and the key's bytes (version 2).
 const SCHEMA: Schema = Schema {
     component: "scan_progress",
-    version: 1,
+    version: 2,
     create: "CREATE TABLE leasehold_scan_progress (
                  scan TEXT PRIMARY KEY,
                  scope BLOB NOT NULL,
                  position INTEGER NOT NULL,
-                 key BLOB
+                 key BLOB,
+                 given_up BLOB
              );",
-    upgrades: &[],
+    upgrades: &["ALTER TABLE leasehold_scan_progress ADD COLUMN given_up BLOB;"],
+    tables: &["leasehold_scan_progress"],
 };
+
+/// The `given_up` column's form of a list of keys.
+fn encode_given_up(keys: &[Vec<u8>]) -> Option<Vec<u8>> {
+    if keys.is_empty() {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(keys.iter().map(|key| key.len() + 4).sum());
+    for key in keys {
+        let len = u32::try_from(key.len()).expect("a key of 4 GiB or more cannot be stored");
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(key);
+    }
+    Some(bytes)
+}
+
+/// Reads back [`encode_given_up`]'s form; a truncated list is corrupt.
+fn decode_given_up(bytes: Option<Vec<u8>>) -> Result<Vec<Vec<u8>>, ProgressStoreError> {
+    let mut keys = Vec::new();
+    let mut rest = bytes.as_deref().unwrap_or_default();
+    while !rest.is_empty() {
+        let corrupt = || ProgressStoreError::Corrupt {
+            reason: format!("given-up key {} is truncated", keys.len()),
+        };
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| corrupt())?;
+        if tail.len() < len {
+            return Err(corrupt());
+        }
+        let (key, tail) = tail.split_at(len);
+        keys.push(key.to_vec());
+        rest = tail;
+    }
+    Ok(keys)
+}
 
 /// How long a call waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,9 +119,15 @@ impl SqliteProgressStore {
     ///
     /// # Errors
     ///
-    /// [`ProgressStoreError::Backend`] if the file cannot be opened, put in
-    /// WAL mode, or the table created; [`ProgressStoreError::Corrupt`] if
-    /// the file holds a newer progress schema than this crate reads.
+    /// The file is checked here, not at the first call. Permanent:
+    /// [`ProgressStoreError::CannotOpen`] (a missing directory),
+    /// [`ProgressStoreError::CorruptDatabase`] (not a database, damaged, or
+    /// the progress table is gone), [`ProgressStoreError::PermissionDenied`]
+    /// (a read-only file or directory), [`ProgressStoreError::SchemaTooNew`]
+    /// (a file written by a newer version of this crate),
+    /// [`ProgressStoreError::Config`] (a file system that refuses WAL mode).
+    /// Transient: [`ProgressStoreError::Backend`] (locked past the busy
+    /// timeout, I/O errors).
     ///
     /// # Cancel safety
     ///
@@ -109,23 +153,8 @@ impl SqliteProgressStore {
         scan: impl Into<String>,
     ) -> Result<Self, ProgressStoreError> {
         let path = path.as_ref().to_owned();
-        let conn =
-            sqlite::open(&path, BUSY_TIMEOUT, Synchronous::Full, &SCHEMA).map_err(|error| {
-                match error {
-                    OpenError::Sqlite(error) => backend(error),
-                    OpenError::NotWal { mode } => ProgressStoreError::Backend {
-                        backend: BACKEND,
-                        source: format!("the database refused WAL mode (journal_mode is {mode})")
-                            .into(),
-                    },
-                    OpenError::SchemaTooNew { found, supported } => ProgressStoreError::Corrupt {
-                        reason: format!(
-                            "scan progress schema version {found} is newer than the supported \
-                         version {supported}"
-                        ),
-                    },
-                }
-            })?;
+        let conn = sqlite::open(&path, BUSY_TIMEOUT, Synchronous::Full, &SCHEMA)
+            .map_err(|failure| ProgressStoreError::from_failure(BACKEND, failure))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
@@ -161,11 +190,11 @@ impl SqliteProgressStore {
     }
 }
 
+/// Maps a driver error by its cause: lock timeouts and I/O errors are
+/// transient ([`ProgressStoreError::Backend`]); a corrupt file,
+/// permissions, a missing path or a value too big are permanent.
 fn backend(error: rusqlite::Error) -> ProgressStoreError {
-    ProgressStoreError::Backend {
-        backend: BACKEND,
-        source: Box::new(error),
-    }
+    ProgressStoreError::from_failure(BACKEND, error.into())
 }
 
 fn worker_gone(error: tokio::task::JoinError) -> ProgressStoreError {
@@ -177,40 +206,14 @@ fn worker_gone(error: tokio::task::JoinError) -> ProgressStoreError {
 
 impl ProgressStore for SqliteProgressStore {
     async fn load(&self) -> Result<Option<Checkpoint>, ProgressStoreError> {
-        self.run(|conn, scan| {
-            let row: Option<(Vec<u8>, i64, Option<Vec<u8>>)> = conn
-                .query_row(
-                    "SELECT scope, position, key FROM leasehold_scan_progress WHERE scan = ?1",
-                    params![scan],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .optional()
-                .map_err(backend)?;
-            row.map(|(scope, position, key)| {
-                Ok(Checkpoint {
-                    scope: ScopeFingerprint::new(scope),
-                    resume: resume_from_row(position, key)?,
-                })
-            })
-            .transpose()
-        })
-        .await
+        Ok(self
+            .load_with_given_up()
+            .await?
+            .map(|(checkpoint, _)| checkpoint))
     }
 
     async fn save(&self, checkpoint: Checkpoint) -> Result<(), ProgressStoreError> {
-        self.run(move |conn, scan| {
-            let (position, key) = resume_to_row(checkpoint.resume);
-            conn.execute(
-                "INSERT INTO leasehold_scan_progress (scan, scope, position, key)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (scan) DO UPDATE
-                 SET scope = excluded.scope, position = excluded.position, key = excluded.key",
-                params![scan, checkpoint.scope.as_bytes(), position, key],
-            )
-            .map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.save_with_given_up(checkpoint, Vec::new()).await
     }
 
     async fn clear(&self) -> Result<(), ProgressStoreError> {
@@ -218,6 +221,63 @@ impl ProgressStore for SqliteProgressStore {
             conn.execute(
                 "DELETE FROM leasehold_scan_progress WHERE scan = ?1",
                 params![scan],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn keeps_given_up(&self) -> bool {
+        true
+    }
+
+    async fn load_with_given_up(
+        &self,
+    ) -> Result<Option<CheckpointWithGivenUp>, ProgressStoreError> {
+        type Row = (Vec<u8>, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+        self.run(|conn, scan| {
+            let row: Option<Row> = conn
+                .query_row(
+                    "SELECT scope, position, key, given_up FROM leasehold_scan_progress
+                     WHERE scan = ?1",
+                    params![scan],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            row.map(|(scope, position, key, given_up)| {
+                let checkpoint = Checkpoint {
+                    scope: ScopeFingerprint::new(scope),
+                    resume: resume_from_row(position, key)?,
+                };
+                Ok((checkpoint, decode_given_up(given_up)?))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn save_with_given_up(
+        &self,
+        checkpoint: Checkpoint,
+        given_up: Vec<Vec<u8>>,
+    ) -> Result<(), ProgressStoreError> {
+        self.run(move |conn, scan| {
+            let (position, key) = resume_to_row(checkpoint.resume);
+            conn.execute(
+                "INSERT INTO leasehold_scan_progress (scan, scope, position, key, given_up)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (scan) DO UPDATE
+                 SET scope = excluded.scope, position = excluded.position, key = excluded.key,
+                     given_up = excluded.given_up",
+                params![
+                    scan,
+                    checkpoint.scope.as_bytes(),
+                    position,
+                    key,
+                    encode_given_up(&given_up)
+                ],
             )
             .map_err(backend)?;
             Ok(())
