@@ -23,6 +23,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# The process tortures run the example binaries as real processes; nextest
+# builds test targets only, so build the examples first.
+step "cargo build --examples (the fault tests run them as processes)"
+cargo build --workspace --all-features --examples
+
 step "cargo nextest: unit and integration tests, per-test time limits (PostgreSQL tests against a throwaway server)"
 bash scripts/with-postgres.sh env LEASEHOLD_REQUIRE_PG=1 \
   cargo nextest run --workspace --all-features --no-fail-fast
