@@ -79,7 +79,7 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "postgres")]
 use leasehold::changelog::PostgresChangeLog;
 use leasehold::changelog::{
-    Advanced, BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup,
+    Advanced, Attempt, BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup,
     CommitError, DecodeError, EntryId, EntryInfo, EntryState, Fence, FencedCommitError,
     FieldReader, FieldWriter, FinishError, OwnerId, Ownership, Payload, Phase, Removal,
     SqliteChangeLog,
@@ -587,6 +587,16 @@ impl ChangeLog for StoreLog {
     async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
         forward!(self, log => log.advance(fence).await)
     }
+    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
+        forward!(self, log => log.start_attempt(fence).await)
+    }
+    async fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> Result<Ownership, ChangeLogError> {
+        forward!(self, log => log.record_failure(fence, reason).await)
+    }
     fn next_stale_in(&self) -> Option<Duration> {
         forward!(self, log => log.next_stale_in())
     }
@@ -636,6 +646,16 @@ impl ChangeLog for StallableLog {
     }
     async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
         self.inner.advance(fence).await
+    }
+    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
+        self.inner.start_attempt(fence).await
+    }
+    async fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> Result<Ownership, ChangeLogError> {
+        self.inner.record_failure(fence, reason).await
     }
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
         self.inner.get(id).await

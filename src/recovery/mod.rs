@@ -51,10 +51,11 @@
 
 mod config;
 mod error;
+mod events;
 mod recovery_loop;
 mod scan;
 
 pub use config::{RecoveryConfig, RecoveryConfigBuilder};
-pub use error::RecoveryConfigError;
-pub use recovery_loop::{QuarantineReport, RecoveryLoop, RecoveryStats};
+pub use error::{RecoveryConfigError, RecoveryError};
+pub use recovery_loop::{QuarantineReport, REPORTS_KEPT, RecoveryLoop, RecoveryStats};
 pub use scan::*;
