@@ -915,8 +915,17 @@ async fn run_recovery(args: &Args) -> Result<(), BoxError> {
     }
     let stats = recovery.shutdown().await;
     println!(
-        "recovery: claimed={} cleaned={} quarantined={} errors={} lost={}",
-        stats.claimed, stats.cleaned, stats.quarantined, stats.errors, stats.lost
+        "recovery: claimed={} cleaned={} quarantined={} errors={} lost={} released={} \
+         attempts={} failed_attempts={} abandoned={}",
+        stats.claimed,
+        stats.cleaned,
+        stats.quarantined,
+        stats.errors,
+        stats.lost,
+        stats.released,
+        stats.attempts,
+        stats.failed_attempts,
+        stats.abandoned
     );
     Ok(())
 }
