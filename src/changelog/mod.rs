@@ -528,6 +528,34 @@ pub trait ChangeLog: Send + Sync + 'static {
     /// # Cancel safety
     ///
     /// Not cancel safe: a dropped call may have counted the attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use leasehold::changelog::{Attempt, ChangeLog, MemoryChangeLog, OwnerId, Ownership};
+    /// use leasehold::clock::ManualClock;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let clock = ManualClock::new();
+    /// let log = MemoryChangeLog::new(Arc::new(clock.clone()), Duration::from_secs(30));
+    /// log.record(&OwnerId::new("crashed-writer"), b"undo a".to_vec()).await?;
+    /// clock.advance(Duration::from_secs(30));
+    /// let claimed = log.claim_stale(&OwnerId::new("recovery-1"), 10).await?.remove(0);
+    /// assert_eq!(claimed.attempts, 0);
+    ///
+    /// // Counted before the cleanup starts; the failure recorded after it.
+    /// assert_eq!(log.start_attempt(&claimed.fence).await?, Attempt::Started { number: 1 });
+    /// assert_eq!(log.record_failure(&claimed.fence, "blob store timed out").await?, Ownership::Held);
+    ///
+    /// // The next recoverer sees both.
+    /// clock.advance(Duration::from_secs(30));
+    /// let again = log.claim_stale(&OwnerId::new("recovery-2"), 10).await?.remove(0);
+    /// assert_eq!(again.attempts, 1);
+    /// assert_eq!(again.failures, ["blob store timed out"]);
+    /// # Ok(()) }
+    /// ```
     fn start_attempt(
         &self,
         fence: &Fence,
