@@ -913,6 +913,16 @@ async fn run_recovery(args: &Args) -> Result<(), BoxError> {
             return Err(format!("recovery did not converge within {timeout:?}").into());
         }
     }
+    if let Some(error) = recovery.last_error() {
+        // The whole chain, for the logs of the torture tests.
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&*error);
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        eprintln!("recovery: last error: {text}");
+    }
     let stats = recovery.shutdown().await;
     println!(
         "recovery: claimed={} cleaned={} quarantined={} errors={} lost={} released={} \

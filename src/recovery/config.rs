@@ -198,6 +198,12 @@ impl RecoveryConfigBuilder {
     /// running at its deadline is abandoned (its future dropped), counted
     /// as a failed attempt, and its entry is no longer kept alive, so it
     /// goes stale and is retried by whichever recoverer claims it next.
+    ///
+    /// Dropping the future stops an async cleanup at its next await point;
+    /// a cleanup that blocks its thread cannot be stopped and runs on, so it
+    /// may overlap the next attempt (which the cleanup's idempotence must
+    /// allow anyway). The deadline must be at least the log's staleness
+    /// threshold ([`RecoveryConfig::cleanup_deadline_for`]).
     pub fn cleanup_deadline(mut self, deadline: Duration) -> Self {
         self.config.cleanup_deadline = Some(deadline);
         self
