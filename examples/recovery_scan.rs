@@ -22,7 +22,7 @@ use leasehold::recovery::{
     FinalCheckpoint, ProgressStore, Recheck, RecoveryScan, RetryPolicy, ScanConfig,
     ScopeFingerprint, SqliteProgressStore,
 };
-use leasehold::status::{CancelSignal, SyncOutcome, SyncRegistry};
+use leasehold::status::{CancellationToken, SyncOutcome, SyncRegistry};
 
 const BLOBS: u64 = 20_000;
 
@@ -142,7 +142,7 @@ fn new_scan(
 /// Copies a blob; one attempt in 50 fails (a peer timed out).
 fn sync(
     copies: &Arc<Vec<AtomicU32>>,
-) -> impl Fn(u64, CancelSignal) -> std::pin::Pin<Box<dyn Future<Output = SyncOutcome> + Send>>
+) -> impl Fn(u64, CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = SyncOutcome> + Send>>
 + Send
 + Sync
 + 'static {

@@ -8,12 +8,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use leasehold::status::{CancelSignal, SyncOutcome, SyncReceiver, SyncRegistry};
+use leasehold::status::{CancellationToken, SyncOutcome, SyncReceiver, SyncRegistry};
 
-type Job = fn(CancelSignal) -> Pin<Box<dyn Future<Output = SyncOutcome> + Send>>;
+type Job = fn(CancellationToken) -> Pin<Box<dyn Future<Output = SyncOutcome> + Send>>;
 
 /// Copies `chunks` chunks of a blob, 10 ms each, unless cancelled first.
-async fn copy_blob(blob: &'static str, chunks: u32, cancel: CancelSignal) -> SyncOutcome {
+async fn copy_blob(blob: &'static str, chunks: u32, cancel: CancellationToken) -> SyncOutcome {
     let copy = async {
         for _ in 0..chunks {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -35,7 +35,9 @@ fn handlers(
     n: usize,
     job: Job,
 ) -> Vec<SyncReceiver> {
-    (0..n).map(|_| syncs.start(blob, job)).collect()
+    (0..n)
+        .map(|_| syncs.start(blob, job).into_receiver())
+        .collect()
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -103,7 +105,9 @@ async fn main() {
 
     // Every key was freed in the same step that published its outcome.
     println!("{} jobs in flight", syncs.in_flight());
-    let again = syncs.start("blob-1", |_| async { SyncOutcome::Skipped });
+    let again = syncs
+        .start("blob-1", |_| async { SyncOutcome::Skipped })
+        .into_receiver();
     println!(
         "blob-1 requested again (a fresh job): {}",
         again.done().await

@@ -20,7 +20,12 @@
 //! 4. clean up (delete whichever of the two blobs the metadata does not
 //!    reference) and remove the entry. A commit whose outcome the writer
 //!    does not know (cut off at its validity deadline, or the store failed
-//!    while committing) is settled with the store first.
+//!    while committing) is settled with the store first. A writer whose
+//!    commit was refused for good deletes its own new blob: if it was paused
+//!    before the blob reached the disk, recovery may have cleaned up before
+//!    the file existed. (A writer *killed* right after such a late write
+//!    leaks that one file, an orphan, never a dangling reference; a real
+//!    store sweeps unreferenced blobs older than the staleness threshold.)
 //!
 //! The metadata tables live in the changelog's own database, so that the
 //! fence check and the CAS can be one transaction: `changelog.db` in the
@@ -845,6 +850,17 @@ async fn run_writer(args: &Args) -> Result<(), BoxError> {
         match outcome {
             Outcome::Committed => tally.committed += 1,
             Outcome::Refused => {
+                // Refused for good (the store refused the fence, or the commit
+                // never started), and the blob name is unique to this write:
+                // nothing will ever reference it. A writer paused before its
+                // blob write reached the disk may have written it *after*
+                // recovery cleaned up, so delete it here, not leave an orphan.
+                match tokio::fs::remove_file(store.blob_path(&intent.new_blob)).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        eprintln!("tiered_store writer: deleting a refused blob: {e}");
+                    }
+                    _ => {}
+                }
                 tally.refused += 1;
                 store.bump("commits_refused").await;
             }

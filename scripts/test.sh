@@ -1,25 +1,48 @@
 #!/usr/bin/env bash
 # The whole test suite of leasehold:
-#   1. unit, integration and doc tests (cargo test, whole workspace, every
-#      feature), against a throwaway PostgreSQL server started by
+#   1. unit and integration tests under cargo-nextest (whole workspace, every
+#      feature), each in its own process with a time limit
+#      (.config/nextest.toml): a lost wake-up fails that test fast instead of
+#      hanging the run. Against a throwaway PostgreSQL server started by
 #      scripts/with-postgres.sh (which installs PostgreSQL from the Debian
 #      packages if it is missing); LEASEHOLD_REQUIRE_PG=1 makes every
 #      PostgreSQL test fail, rather than skip, if the server is not there;
-#   2. the loom models in loom-tests/ (every interleaving of each primitive);
-#   3. Miri on the tests that reach the crate's unsafe code.
-# Usage: bash scripts/test.sh        (LOOM_MAX_PREEMPTIONS=3 for a deeper search)
+#   2. the doc tests (cargo test --doc; nextest does not run them);
+#   3. the loom models in loom-tests/ (every interleaving of each primitive),
+#      under an overall time limit;
+#   4. Miri on the tests that reach the crate's unsafe code.
+# Usage: bash scripts/test.sh        (LOOM_MAX_PREEMPTIONS=3 for a deeper search;
+#                                     LOOM_TIME_LIMIT=<seconds> to change the limit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
-step "cargo test: unit, integration and doc tests (PostgreSQL tests against a throwaway server)"
-bash scripts/with-postgres.sh env LEASEHOLD_REQUIRE_PG=1 cargo test --workspace --all-features
+if ! cargo nextest --version >/dev/null 2>&1; then
+  step "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
 
-step "loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-2}, release)"
+step "cargo nextest: unit and integration tests, per-test time limits (PostgreSQL tests against a throwaway server)"
+bash scripts/with-postgres.sh env LEASEHOLD_REQUIRE_PG=1 \
+  cargo nextest run --workspace --all-features --no-fail-fast
+
+step "cargo test --doc: doc tests"
+cargo test --workspace --all-features --doc
+
+LOOM_TIME_LIMIT="${LOOM_TIME_LIMIT:-1200}"
+step "loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-2}, release, at most ${LOOM_TIME_LIMIT} s)"
+loom_status=0
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}" \
   CARGO_TARGET_DIR=target/loom \
-  cargo test -p leasehold-loom-tests --release
+  timeout --kill-after=30 "$LOOM_TIME_LIMIT" \
+  cargo test -p leasehold-loom-tests --release || loom_status=$?
+if [ "$loom_status" -eq 124 ] || [ "$loom_status" -eq 137 ]; then
+  echo "!!! FAILED: the loom models did not finish within ${LOOM_TIME_LIMIT} s: a model hangs (a lost wake-up?) or its state space exploded !!!" >&2
+  exit 1
+elif [ "$loom_status" -ne 0 ]; then
+  exit "$loom_status"
+fi
 
 step "Miri: the tests that reach unsafe code"
 if ! cargo +nightly miri --version >/dev/null 2>&1; then
@@ -28,7 +51,7 @@ fi
 if cargo +nightly miri --version >/dev/null 2>&1; then
   # Isolation off: the tests read the monotonic clock and spawn threads.
   MIRIFLAGS="-Zmiri-disable-isolation" CARGO_TARGET_DIR=target/miri \
-    cargo +nightly miri test --test watch_cell
+    cargo +nightly miri test --test watch_cell --test status
   # A leaked registered wait: leaking is the point, so Miri's leak check is
   # off for this binary only.
   MIRIFLAGS="-Zmiri-disable-isolation -Zmiri-ignore-leaks" CARGO_TARGET_DIR=target/miri \

@@ -15,7 +15,7 @@
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
 //! | [`lease::Lease`] | a reader's since frontier and seqno holds on a shard: the handle only records downgrades and seqno leases (waking nobody); a background task heartbeats, syncs on request, and expires the lease after a drop |
-//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`], `changelog::PostgresChangeLog` (feature `postgres`, several machines) | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, staleness judged on the store's clock |
+//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`], `changelog::PostgresChangeLog` (feature `postgres`, several machines) | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, commits fenced in the store (`commit_fenced`), staleness judged without wall clocks |
 //! | [`changelog::ChangeManager`], [`changelog::ChangeGuard`] | one writer operation across stores: record, heartbeat, commit only while the entry is still yours, clean up while valid, else leave it to recovery |
 //! | [`recovery::RecoveryLoop`] | continuous crash recovery: claim stale entries in batches, keep each alive until processed, run the idempotent cleanup, quarantine poison entries; backoff, shutdown |
 //! | [`recovery::RecoveryScan`] | a long recovery scan over an ordered key space: concurrent syncs with jittered retries, a checkpoint that never passes unfinished work, resumed only when the scope is unchanged |
@@ -56,10 +56,12 @@
 //! // Two handlers ask for blob 7 at once: one job runs, both learn how it went.
 //! let a = syncs.start(7, |_cancel| async { SyncOutcome::Success });
 //! let b = syncs.start(7, |_cancel| async { SyncOutcome::Skipped });
+//! assert!(a.is_started() && b.is_joined());
+//! let (a, b) = (a.into_receiver(), b.into_receiver());
 //! assert_eq!((a.done().await, b.done().await), (SyncOutcome::Success, SyncOutcome::Success));
 //! // A job that panics reports it, and frees its key for a retry.
 //! let c = syncs.start(7, |_cancel| async { panic!("blob 7 is corrupt") });
-//! assert_eq!(c.done().await, SyncOutcome::Failed("blob 7 is corrupt".into()));
+//! assert_eq!(c.receiver().done().await, SyncOutcome::Failed("blob 7 is corrupt".into()));
 //! assert_eq!(syncs.in_flight(), 0);
 //! # }
 //! ```

@@ -433,6 +433,68 @@ fn expiry_is_final_even_if_an_extension_comes_later() {
     assert_eq!(validity.deadline(), t0 + 30 * SEC);
 }
 
+/// A [`ManualClock`] whose next `now()` first runs a hook: lets a test put
+/// another party's steps exactly inside a reader's clock read.
+#[derive(Default)]
+struct HookedClock {
+    manual: ManualClock,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl HookedClock {
+    fn on_next_read(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.hook.lock().unwrap() = Some(Box::new(hook));
+    }
+}
+
+impl std::fmt::Debug for HookedClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedClock")
+            .field("manual", &self.manual)
+            .finish()
+    }
+}
+
+impl Clock for HookedClock {
+    fn now(&self) -> Instant {
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.manual.now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> leasehold::clock::Sleep {
+        self.manual.sleep_until(deadline)
+    }
+}
+
+#[test]
+fn renewal_accepted_before_the_deadline_survives_a_check_that_reads_the_clock_after_it() {
+    let clock = Arc::new(HookedClock::default());
+    let t0 = clock.now();
+    let controller = Arc::new(ValidityController::new(clock.clone(), t0 + 30 * SEC));
+    let validity = controller.validity();
+    clock.manual.advance(29 * SEC);
+    // While the check reads the clock: a renewal at 29 s moves the deadline
+    // to 60 s and is accepted, then time moves on to 31 s.
+    let renewal = Arc::new(std::sync::Mutex::new(None));
+    clock.on_next_read({
+        let (clock, controller, renewal) = (clock.clone(), controller.clone(), renewal.clone());
+        move || {
+            *renewal.lock().unwrap() = Some(controller.extend_to(t0 + 60 * SEC));
+            clock.manual.advance(2 * SEC);
+        }
+    });
+    let seen = validity.check();
+    assert_eq!(renewal.lock().unwrap().take(), Some(Ok(31 * SEC)));
+    // At 31 s the deadline is 60 s: the check must not compare 31 s with the
+    // deadline from before the renewal, nor fix that as a permanent expiry.
+    assert_eq!(seen, Ok(29 * SEC));
+    assert_eq!(validity.check(), Ok(29 * SEC));
+    assert_eq!(validity.deadline(), t0 + 60 * SEC);
+}
+
 #[test]
 fn first_invalidation_reason_wins() {
     let (_clock, shared) = manual();

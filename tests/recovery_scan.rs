@@ -227,7 +227,7 @@ fn persisted_resume_point_never_passes_unfinished_key_under_random_completions()
             )
             .unwrap();
             let control = scan.control();
-            let sync = move |key: u64, cancel: leasehold::status::CancelSignal| {
+            let sync = move |key: u64, cancel: leasehold::status::CancellationToken| {
                 let (millis, roll) = {
                     let mut rng = job_rng.lock();
                     (rng.random_range(1..50), rng.random_range(0..100))

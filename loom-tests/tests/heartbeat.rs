@@ -1,7 +1,8 @@
 //! Loom models of `Validity` and its `ValidityController`, driven directly
 //! (no tokio runtime): invalidations are seen by concurrent checks and wake
-//! waiters, and an extension racing an expiry check never lets a token that
-//! was seen expired turn valid again.
+//! waiters, an extension racing an expiry check never lets a token that was
+//! seen expired turn valid again, and an accepted extension is never undone
+//! by a check that time overtook between its steps.
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test -p leasehold-loom-tests --release --test heartbeat`
@@ -125,6 +126,58 @@ fn an_extension_racing_an_expiry_check_never_revives_a_token_seen_expired() {
                 Ok(remaining) => assert!(remaining == 20 * SEC || remaining == 50 * SEC),
                 Err(invalid) => assert_eq!(invalid.reason, InvalidReason::Expired),
             }
+        }
+    });
+}
+
+/// A renewal accepted at 29 s (deadline 30 s → 60 s) races a check while
+/// time moves to 31 s, possibly between the check's own steps: an accepted
+/// renewal is never undone by a check that compared a deadline from before
+/// it with a time from after it, and a refused one leaves the token expired.
+#[test]
+fn a_renewal_accepted_before_the_deadline_survives_a_check_with_time_advancing_inside_it() {
+    loom::model(|| {
+        let (clock, controller) = controller(30 * SEC);
+        let t0 = clock.now();
+        clock.advance(29 * SEC);
+        let validity = controller.validity();
+
+        let renewer = thread::spawn({
+            let controller = controller.clone();
+            move || controller.extend_to(t0 + 60 * SEC)
+        });
+        let ticker = thread::spawn({
+            let clock = clock.clone();
+            move || clock.advance(2 * SEC)
+        });
+        let reader = thread::spawn({
+            let validity = validity.clone();
+            move || validity.check()
+        });
+
+        let renewed = renewer.join().unwrap();
+        ticker.join().unwrap();
+        let seen = reader.join().unwrap();
+        let last = validity.check(); // at 31 s
+
+        match renewed {
+            // Accepted: valid until 60 s, whatever the reader saw meanwhile.
+            Ok(_) => {
+                assert_eq!(last, Ok(29 * SEC), "renewal accepted, then expired");
+                assert!(
+                    seen.is_ok(),
+                    "a check saw expiry, yet the renewal was accepted"
+                );
+            }
+            // Refused: only because the old deadline had passed (at 31 s).
+            Err(invalid) => {
+                assert_eq!(invalid.reason, InvalidReason::Expired);
+                assert_eq!(last.unwrap_err().reason, InvalidReason::Expired);
+            }
+        }
+        if let Err(invalid) = seen {
+            assert_eq!(invalid.reason, InvalidReason::Expired);
+            assert!(last.is_err(), "a token seen expired turned valid again");
         }
     });
 }

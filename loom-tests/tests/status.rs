@@ -2,7 +2,7 @@
 //! publish-and-free step.
 //!
 //! Run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p leasehold-loom-tests --release --test status`.
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test -p leasehold-loom-tests --release --test status`.
 #![cfg(loom)]
 
 use std::sync::Arc;
@@ -62,6 +62,42 @@ fn publish_and_free_racing_claim() {
     });
 }
 
+/// A caller that has seen a job's outcome and then claims its key never
+/// attaches to that finished job, and a caller that finds the key free never
+/// sees the first job still pending: publication of `Done` and removal of the
+/// key are one step.
+#[test]
+fn a_caller_never_attaches_to_a_finished_job() {
+    loom::model(|| {
+        let registry = Arc::new(SyncRegistry::<u8>::new());
+        let Claim::Owner(owner) = registry.claim(0) else {
+            panic!("the key was free");
+        };
+        let first = owner.subscribe();
+        let publishing = thread::spawn(move || owner.publish(SyncOutcome::Success));
+        let saw_done = first.is_done();
+        match registry.claim(0) {
+            Claim::Attached(attached) => {
+                assert!(
+                    !saw_done,
+                    "attached to a job whose outcome was already published"
+                );
+                assert!(attached.same_channel(&first));
+                assert_eq!(attached.blocking_done(), SyncOutcome::Success);
+            }
+            Claim::Owner(second) => {
+                assert!(
+                    first.is_done(),
+                    "a duplicate job while the first is pending"
+                );
+                second.publish(SyncOutcome::Skipped);
+            }
+        }
+        publishing.join().unwrap();
+        assert_eq!(registry.in_flight(), 0);
+    });
+}
+
 /// `cancel` racing the owner's publish: it either reaches the job in flight,
 /// whose receiver then resolves, or finds the key free after publication.
 #[test]
@@ -73,7 +109,7 @@ fn cancel_racing_publish_never_returns_a_hanging_receiver() {
         };
         let first = owner.subscribe();
         let publishing = thread::spawn(move || {
-            let outcome = if owner.cancel_signal().is_cancelled() {
+            let outcome = if owner.cancellation_token().is_cancelled() {
                 SyncOutcome::Cancelled
             } else {
                 SyncOutcome::Success

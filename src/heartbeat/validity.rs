@@ -4,16 +4,21 @@
 //!
 //! The truth lives in two atomics: `reason` (0 while valid, else the first
 //! [`InvalidReason`]'s code) and `deadline` (nanoseconds since the token's
-//! origin on its [`Clock`]). A reader loads `reason`, then `deadline`, then
-//! reads the clock: no lock, no allocation.
+//! origin on its [`Clock`], plus a `FROZEN` bit). A reader loads `reason`,
+//! then reads the clock, then loads `deadline`: no lock, no allocation.
+//! The clock comes first so that the deadline compared is never older than
+//! the time it is compared with; an extension that landed before the clock
+//! read is always seen.
 //!
 //! Expiry is lazy, so nobody has to be awake at the deadline for readers to
 //! see it. It is also *sticky*: the reader that first sees `now >= deadline`
-//! swings `reason` from 0 to `Expired` (one CAS on the cold path). An
-//! extension racing with that reader either lands before the reader's
-//! `deadline` load (the reader sees the new deadline and stays valid) or the
-//! reader's CAS fixes the token as expired for good; no reader can see
-//! "expired" and a later reader "valid".
+//! sets `FROZEN` in the deadline word with a CAS against the very deadline it
+//! compared, then records `Expired` in `reason`. Extensions CAS the deadline
+//! word too, against the deadline they checked. So an extension racing a
+//! reader either lands first (the reader's CAS fails and it looks again,
+//! seeing the new deadline) or finds the word frozen and is refused: an
+//! accepted extension is never undone, and no reader can see "expired" and a
+//! later reader "valid".
 //!
 //! Wake-ups go through a [`WatchCell`] holding the recorded reason. An
 //! invalidation writes the atomic first and the cell second; a waiter checks
@@ -38,6 +43,26 @@ use crate::watch_cell::WaitTimeoutError;
 
 /// `reason` while the token is valid.
 const VALID: u8 = 0;
+
+/// The bit of the deadline word set when the deadline was found passed: the
+/// deadline is final from then on.
+const FROZEN: u64 = 1 << 63;
+
+/// The latest representable deadline (about 292 years after the origin).
+const MAX_DEADLINE: u64 = FROZEN - 1;
+
+/// What one look at the atomics and the clock found.
+enum Observed {
+    Valid {
+        now: u64,
+        deadline: u64,
+    },
+    /// `now >= deadline`, and the deadline is not frozen yet.
+    Due {
+        deadline: u64,
+    },
+    Invalid(InvalidReason),
+}
 
 /// A cheap, cloneable token that says whether the owner may still act on
 /// something it holds (a changelog entry, a lease): valid until its deadline
@@ -78,7 +103,8 @@ struct Shared {
     clock: std::sync::Arc<dyn Clock>,
     /// The instant `deadline` counts from.
     origin: Instant,
-    /// Nanoseconds from `origin`; only ever grows.
+    /// Nanoseconds from `origin`, at most `MAX_DEADLINE`; only ever grows,
+    /// until [`FROZEN`] is set in it.
     deadline: AtomicU64,
     /// `VALID`, or the first reason's code; set once, never cleared.
     reason: AtomicU8,
@@ -88,32 +114,79 @@ struct Shared {
 
 impl Shared {
     fn nanos_since_origin(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX)
+            .min(MAX_DEADLINE)
     }
 
     fn instant_at(&self, nanos: u64) -> Instant {
-        self.origin + Duration::from_nanos(nanos)
+        self.origin + Duration::from_nanos(nanos & MAX_DEADLINE)
     }
 
     /// The remaining time, or why the token is invalid. Lock-free.
     #[inline]
     fn remaining(&self) -> Result<Duration, InvalidReason> {
-        let reason = self.reason.load(Ordering::SeqCst);
-        if reason != VALID {
-            return Err(decode(reason));
-        }
-        let deadline = self.deadline.load(Ordering::SeqCst);
-        let now = self.nanos_since_origin(self.clock.now());
-        if now < deadline {
-            Ok(Duration::from_nanos(deadline - now))
-        } else {
-            Err(self.observe_expiry())
+        loop {
+            match self.observe() {
+                Observed::Valid { now, deadline } => {
+                    return Ok(Duration::from_nanos(deadline - now));
+                }
+                Observed::Invalid(reason) => return Err(reason),
+                Observed::Due { deadline } => {
+                    if let Some(reason) = self.freeze(deadline) {
+                        return Err(reason);
+                    }
+                    // The deadline moved since it was compared: look again.
+                }
+            }
         }
     }
 
-    /// Fixes the token as expired (the first reason wins).
+    /// One look at the token: the reason, then the clock, then the deadline.
+    ///
+    /// The clock is read *before* the deadline is loaded, so the deadline
+    /// compared is at least as recent as the time it is compared with: an
+    /// extension that landed before that time was read is always seen.
+    #[inline]
+    fn observe(&self) -> Observed {
+        let reason = self.reason.load(Ordering::SeqCst);
+        if reason != VALID {
+            return Observed::Invalid(decode(reason));
+        }
+        let now = self.nanos_since_origin(self.clock.now());
+        let deadline = self.deadline.load(Ordering::SeqCst);
+        if deadline & FROZEN != 0 {
+            Observed::Invalid(self.record_expiry())
+        } else if now < deadline {
+            Observed::Valid { now, deadline }
+        } else {
+            Observed::Due { deadline }
+        }
+    }
+
+    /// Fixes the token as expired if its deadline is still `deadline`, the
+    /// one found passed; `None` if the deadline moved meanwhile.
+    ///
+    /// The CAS is on the deadline word itself, against the value compared:
+    /// an extension that lands between the comparison and this step makes it
+    /// fail, so an accepted extension is never undone by a stale comparison.
+    /// Once frozen, the deadline never moves again (see `extend`).
     #[cold]
-    fn observe_expiry(&self) -> InvalidReason {
+    fn freeze(&self, deadline: u64) -> Option<InvalidReason> {
+        self.deadline
+            .compare_exchange(
+                deadline,
+                deadline | FROZEN,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .ok()
+            .map(|_| self.record_expiry())
+    }
+
+    /// Records `Expired` for a frozen deadline (the first reason wins).
+    #[cold]
+    fn record_expiry(&self) -> InvalidReason {
         match self.reason.compare_exchange(
             VALID,
             InvalidReason::Expired.code(),
@@ -122,6 +195,33 @@ impl Shared {
         ) {
             Ok(_) => InvalidReason::Expired,
             Err(actual) => decode(actual),
+        }
+    }
+
+    /// Moves the deadline to `to` if that is later, unless the token is
+    /// invalid or its deadline has passed; returns the remaining time.
+    fn extend(&self, to: u64) -> Result<Duration, InvalidReason> {
+        loop {
+            let (now, deadline) = match self.observe() {
+                Observed::Valid { now, deadline } => (now, deadline),
+                Observed::Invalid(reason) => return Err(reason),
+                Observed::Due { deadline } => match self.freeze(deadline) {
+                    Some(reason) => return Err(reason),
+                    None => continue,
+                },
+            };
+            if to <= deadline {
+                return Ok(Duration::from_nanos(deadline - now));
+            }
+            // Against the deadline compared with `now`: a reader that froze it
+            // in the meantime wins, and the extension is refused.
+            if self
+                .deadline
+                .compare_exchange(deadline, to, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return Ok(Duration::from_nanos(to - now));
+            }
         }
     }
 
@@ -504,21 +604,18 @@ impl ValidityController {
     ///
     /// Expiry is final: if the current deadline has already passed, the
     /// token is recorded as expired and the extension is refused, even if
-    /// `deadline` is in the future.
+    /// `deadline` is in the future. An extension that is accepted is never
+    /// undone by a concurrent check: the token stays valid until `deadline`
+    /// (unless invalidated).
     ///
     /// # Errors
     ///
     /// [`Invalid`] if the token was invalidated or has expired.
     pub fn extend_to(&self, deadline: Instant) -> Result<Duration, Invalid> {
         let shared = &*self.validity.shared;
-        // Refuses an expired or invalidated token (and fixes expiry).
-        shared.remaining()?;
         shared
-            .deadline
-            .fetch_max(shared.nanos_since_origin(deadline), Ordering::SeqCst);
-        // A reader may have fixed the token as expired between our check and
-        // our store (the old deadline passed meanwhile): that outcome stands.
-        shared.remaining().map_err(Invalid::from)
+            .extend(shared.nanos_since_origin(deadline))
+            .map_err(Invalid::from)
     }
 
     /// Invalidates the token with `reason` and wakes every waiter. The first

@@ -1,163 +1,122 @@
-//! [`CancelSignal`]: the cooperative cancellation request a registry job
-//! receives.
+//! Cancellation of registry jobs: tokio-util's [`CancellationToken`], and
+//! [`BlockingCancellation`], its blocking waits for jobs that run on threads.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::pin;
-use std::time::Duration;
+use std::task::{Context, Wake, Waker};
+use std::time::{Duration, Instant};
 
-use futures::future::{Either, select};
+use tokio_util::sync::CancellationToken;
 
-use crate::WatchCell;
+use crate::sync;
 
-/// A request to stop, set once and observed by any number of tasks and
-/// threads.
+/// Blocking waits for a [`CancellationToken`], for a job that runs on a
+/// thread (claimed with [`SyncRegistry::claim`](super::SyncRegistry::claim))
+/// rather than on an async task.
 ///
-/// A [`SyncRegistry`](super::SyncRegistry) hands one to every job, and sets
-/// it when the job's key is cancelled. Cancellation is cooperative: the job
-/// decides when to stop and what outcome to publish (usually
-/// [`SyncOutcome::Cancelled`](super::SyncOutcome::Cancelled)), so it can
-/// clean up first. Clones share the same signal.
-///
-/// It is a `WatchCell<bool>` underneath, so waiting tasks are woken exactly
-/// once, when it is set, and a blocking thread can wait on it too. Pick
-/// `tokio_util`'s `CancellationToken` instead if you need child tokens.
+/// The token's own `cancelled().await` serves async jobs; these park the
+/// calling thread instead, with the same meaning, and work outside any
+/// runtime. Do not call them from an async task.
 ///
 /// # Examples
 ///
 /// ```
-/// use leasehold::status::CancelSignal;
+/// use leasehold::status::{BlockingCancellation, CancellationToken};
+/// use std::time::Duration;
 ///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let cancel = CancelSignal::new();
-/// let copy = tokio::spawn({
-///     let cancel = cancel.clone();
-///     async move {
-///         // Copy chunks until done or asked to stop.
-///         cancel.run_until_cancelled(std::future::pending::<()>()).await
-///     }
+/// let token = CancellationToken::new();
+/// assert!(!token.blocking_cancelled_timeout(Duration::ZERO));
+/// std::thread::scope(|s| {
+///     s.spawn(|| token.cancel());
+///     token.blocking_cancelled();
 /// });
-/// assert!(cancel.cancel());
-/// assert_eq!(copy.await.unwrap(), None);
-/// # }
+/// assert!(token.blocking_cancelled_timeout(Duration::ZERO));
 /// ```
-#[derive(Clone, Default)]
-pub struct CancelSignal {
-    cancelled: WatchCell<bool>,
-}
-
-impl CancelSignal {
-    /// A signal that is not set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets the signal, waking everything that waits for it. Returns `true`
-    /// if this call set it, `false` if it was set already.
+pub trait BlockingCancellation: sealed::Sealed {
+    /// Blocks the current thread until the token is cancelled.
     ///
     /// ```
-    /// let cancel = leasehold::status::CancelSignal::new();
-    /// assert!(!cancel.is_cancelled());
-    /// assert!(cancel.cancel());
-    /// assert!(!cancel.cancel());
-    /// assert!(cancel.is_cancelled());
-    /// ```
-    pub fn cancel(&self) -> bool {
-        self.cancelled
-            .modify_if(|cancelled| !std::mem::replace(cancelled, true))
-    }
-
-    /// Whether the signal is set.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled.read(|cancelled| *cancelled)
-    }
-
-    /// Waits until the signal is set.
+    /// use leasehold::status::{BlockingCancellation, CancellationToken};
     ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: dropping the future unregisters it.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let cancel = leasehold::status::CancelSignal::new();
-    /// let job = tokio::spawn({
-    ///     let cancel = cancel.clone();
-    ///     async move { cancel.cancelled().await; "stopped" }
-    /// });
-    /// cancel.cancel();
-    /// assert_eq!(job.await.unwrap(), "stopped");
-    /// # }
-    /// ```
-    pub async fn cancelled(&self) {
-        // The cell is private and never closed, so the wait cannot fail.
-        let _ = self.cancelled.wait_for(|cancelled| *cancelled).await;
-    }
-
-    /// Blocks the current thread until the signal is set.
-    ///
-    /// ```
-    /// let cancel = leasehold::status::CancelSignal::new();
+    /// let parent = CancellationToken::new();
+    /// let child = parent.child_token();
     /// std::thread::scope(|s| {
-    ///     s.spawn(|| cancel.cancel());
-    ///     cancel.blocking_cancelled();
+    ///     s.spawn(|| parent.cancel());
+    ///     child.blocking_cancelled(); // cancelling the parent cancels the child
     /// });
     /// ```
-    pub fn blocking_cancelled(&self) {
-        let _ = self.cancelled.blocking_wait_for(|cancelled| *cancelled);
-    }
+    fn blocking_cancelled(&self);
 
-    /// Blocks until the signal is set or `timeout` passes; returns whether it
-    /// is set.
+    /// Blocks until the token is cancelled or `timeout` passes (a deadline
+    /// computed once, at the call); returns whether it is cancelled.
     ///
     /// ```
+    /// use leasehold::status::{BlockingCancellation, CancellationToken};
     /// use std::time::Duration;
     ///
-    /// let cancel = leasehold::status::CancelSignal::new();
-    /// assert!(!cancel.blocking_cancelled_timeout(Duration::ZERO));
-    /// cancel.cancel();
-    /// assert!(cancel.blocking_cancelled_timeout(Duration::ZERO));
+    /// let token = CancellationToken::new();
+    /// // A backoff between retries that ends early on cancellation.
+    /// assert!(!token.blocking_cancelled_timeout(Duration::from_millis(1)));
     /// ```
-    pub fn blocking_cancelled_timeout(&self, timeout: Duration) -> bool {
-        self.cancelled
-            .blocking_wait_for_timeout(|cancelled| *cancelled, timeout)
-            .is_ok()
+    fn blocking_cancelled_timeout(&self, timeout: Duration) -> bool;
+}
+
+impl BlockingCancellation for CancellationToken {
+    fn blocking_cancelled(&self) {
+        park_until_cancelled(self, None);
     }
 
-    /// Runs `work` until it finishes (`Some(output)`) or the signal is set
-    /// (`None`, and `work` is dropped). If both are ready at the same poll,
-    /// `work`'s output wins.
-    ///
-    /// # Cancel safety
-    ///
-    /// As cancel safe as `work` itself.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let cancel = leasehold::status::CancelSignal::new();
-    /// assert_eq!(cancel.run_until_cancelled(async { 7 }).await, Some(7));
-    /// cancel.cancel();
-    /// assert_eq!(cancel.run_until_cancelled(std::future::pending::<u8>()).await, None);
-    /// # }
-    /// ```
-    pub async fn run_until_cancelled<F: Future>(&self, work: F) -> Option<F::Output> {
-        let work = pin!(work);
-        let cancelled = pin!(self.cancelled());
-        match select(work, cancelled).await {
-            Either::Left((output, _)) => Some(output),
-            Either::Right(((), _)) => None,
+    fn blocking_cancelled_timeout(&self, timeout: Duration) -> bool {
+        match sync::now().checked_add(timeout) {
+            Some(deadline) => park_until_cancelled(self, Some(deadline)),
+            // Too far away to represent: no deadline at all.
+            None => park_until_cancelled(self, None),
         }
     }
 }
 
-impl fmt::Debug for CancelSignal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CancelSignal")
-            .field("cancelled", &self.is_cancelled())
-            .finish()
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for tokio_util::sync::CancellationToken {}
+}
+
+/// Polls the token's `cancelled()` future on this thread, parking between
+/// polls; `false` if `deadline` passes first.
+fn park_until_cancelled(token: &CancellationToken, deadline: Option<Instant>) -> bool {
+    if token.is_cancelled() {
+        return true;
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unparker(sync::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut cancelled = pin!(token.cancelled());
+    loop {
+        // The first poll registers the waker; a cancellation after it unparks
+        // this thread, and a park that returns spuriously just polls again.
+        if cancelled.as_mut().poll(&mut cx).is_ready() {
+            return true;
+        }
+        match deadline {
+            None => sync::park(),
+            Some(deadline) => {
+                let now = sync::now();
+                if now >= deadline {
+                    return token.is_cancelled();
+                }
+                sync::park_timeout(deadline - now);
+            }
+        }
+    }
+}
+
+/// Wakes a parked thread.
+struct Unparker(sync::Thread);
+
+impl Wake for Unparker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.unpark();
     }
 }

@@ -53,7 +53,9 @@ pub fn channel<O: Outcome>() -> (SyncPublisher<O>, SyncReceiver<O>) {
 /// [`publish`](Self::publish) consumes it, so a second publication does not
 /// compile. Dropping it without publishing publishes
 /// [`Outcome::abandoned`] ([`SyncOutcome::Cancelled`] by default): a job that
-/// is dropped, aborted or shut down never leaves its receivers hanging.
+/// is dropped, aborted or shut down never leaves its receivers hanging. If
+/// it is dropped by a panic unwinding its thread, it publishes
+/// [`Outcome::panicked`] ([`SyncOutcome::Failed`]) instead.
 pub struct SyncPublisher<O: Outcome = SyncOutcome> {
     /// `None` once published.
     status: Option<WatchCell<SyncStatus<O>>>,
@@ -125,8 +127,19 @@ impl<O: Outcome> SyncPublisher<O> {
 impl<O: Outcome> Drop for SyncPublisher<O> {
     fn drop(&mut self) {
         if self.status.is_some() {
-            drop(self.publish_once(O::abandoned()));
+            drop(self.publish_once(unpublished()));
         }
+    }
+}
+
+/// What a publisher dropped unpublished publishes: [`Outcome::panicked`] if
+/// a panic is unwinding this thread (the code that held it panicked; the
+/// payload is not reachable from here), else [`Outcome::abandoned`].
+pub(super) fn unpublished<O: Outcome>() -> O {
+    if std::thread::panicking() {
+        O::panicked("the job panicked before publishing its outcome".to_owned())
+    } else {
+        O::abandoned()
     }
 }
 

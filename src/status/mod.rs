@@ -26,6 +26,13 @@
 //! The status is a [`WatchCell`](crate::WatchCell) underneath: waiters are
 //! woken once, when the outcome is published, never on intermediate changes.
 //!
+//! Registry jobs are cancelled through tokio-util's [`CancellationToken`]
+//! (re-exported here), the type a tokio service already passes around: child
+//! tokens, drop guards, owned futures and equality come with it, and a
+//! registry can hang its jobs under your shutdown token
+//! ([`SyncRegistry::with_parent_token`]). [`BlockingCancellation`] adds
+//! blocking waits for jobs that run on threads.
+//!
 //! # Examples
 //!
 //! ```
@@ -34,7 +41,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let syncs = SyncRegistry::new();
 //! // Three handlers ask for the same blob: one job runs.
-//! let waiters: Vec<_> = (0..3)
+//! let starts: Vec<_> = (0..3)
 //!     .map(|_| syncs.start("blob-42", |cancel| async move {
 //!         match cancel.run_until_cancelled(async { /* copy the blob */ }).await {
 //!             Some(()) => SyncOutcome::Success,
@@ -42,8 +49,9 @@
 //!         }
 //!     }))
 //!     .collect();
-//! for waiter in waiters {
-//!     assert_eq!(waiter.done().await, SyncOutcome::Success);
+//! assert_eq!(starts.iter().filter(|start| start.is_started()).count(), 1);
+//! for start in starts {
+//!     assert_eq!(start.into_receiver().done().await, SyncOutcome::Success);
 //! }
 //! # }
 //! ```
@@ -54,8 +62,11 @@ mod error;
 mod outcome;
 mod registry;
 
-pub use cancel::CancelSignal;
+pub use cancel::BlockingCancellation;
 pub use channel::{SyncPublisher, SyncReceiver, channel};
 pub use error::TimedOut;
 pub use outcome::{Outcome, SyncOutcome, SyncStatus};
-pub use registry::{Cancellation, Claim, KeyedPublisher, SyncRegistry};
+pub use registry::{Cancellation, Claim, KeyedPublisher, Start, SyncRegistry};
+/// tokio-util's cancellation token, re-exported: every registry job gets one
+/// (a child of its registry's token), so the version always matches.
+pub use tokio_util::sync::CancellationToken;

@@ -115,7 +115,8 @@ pub trait Outcome: Sized {
     fn abandoned() -> Self;
 
     /// Published when a [`SyncRegistry`](super::SyncRegistry) job panics;
-    /// `message` is the panic message.
+    /// `message` is the panic message (or a fixed text when a publisher is
+    /// dropped by a panic that unwinds its thread).
     fn panicked(message: String) -> Self;
 }
 

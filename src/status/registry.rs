@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 
-use super::{CancelSignal, Outcome, SyncOutcome, SyncPublisher, SyncReceiver, channel};
+use super::{CancellationToken, Outcome, SyncOutcome, SyncPublisher, SyncReceiver, channel};
 use crate::sync::{Arc, Mutex};
 
 /// Deduplicates in-flight syncs by key: the first [`start`](Self::start) of
@@ -27,11 +27,15 @@ use crate::sync::{Arc, Mutex};
 /// message) and frees its key; a job that is dropped unfinished (aborted, or
 /// its runtime shut down) publishes [`Outcome::abandoned`] (`Cancelled`).
 ///
-/// Each job receives a [`CancelSignal`], set by [`cancel`](Self::cancel),
-/// [`cancel_where`](Self::cancel_where) or [`cancel_all`](Self::cancel_all).
-/// Cancellation is cooperative: the job stays registered under its key until
-/// it publishes (a `start` in the meantime attaches to it), and the
-/// cancelling caller gets receivers to wait for exactly that.
+/// Each job receives a [`CancellationToken`] (tokio-util's), cancelled by
+/// [`cancel`](Self::cancel), [`cancel_where`](Self::cancel_where) or
+/// [`cancel_all`](Self::cancel_all). It is a child of the registry's own
+/// token, which in turn can be a child of yours
+/// ([`with_parent_token`](Self::with_parent_token)): cancelling your
+/// service's shutdown token cancels every job. Cancellation is cooperative:
+/// the job stays registered under its key until it publishes (a `start` in
+/// the meantime attaches to it), and the cancelling caller gets receivers to
+/// wait for exactly that.
 ///
 /// Dropping the registry cancels every job still in flight; the jobs run on
 /// until they publish, and their receivers stay valid.
@@ -48,10 +52,11 @@ use crate::sync::{Arc, Mutex};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let syncs = SyncRegistry::new();
 /// let first = syncs.start("blob-7", |_cancel| async { SyncOutcome::Success });
-/// // Before the job finishes, a second start attaches to it.
+/// // Before the job finishes, a second start joins it.
 /// let second = syncs.start("blob-7", |_cancel| async { unreachable!("runs once") });
-/// assert!(first.same_channel(&second));
-/// assert_eq!(second.done().await, SyncOutcome::Success);
+/// assert!(first.is_started() && second.is_joined());
+/// assert!(first.receiver().same_channel(second.receiver()));
+/// assert_eq!(second.into_receiver().done().await, SyncOutcome::Success);
 /// assert_eq!(syncs.in_flight(), 0);
 /// # }
 /// ```
@@ -61,6 +66,8 @@ where
     O: Outcome,
 {
     jobs: Arc<Jobs<K, O>>,
+    /// The parent of every job's token.
+    root: CancellationToken,
 }
 
 /// The in-flight jobs, shared by the registry and every job's publisher.
@@ -70,14 +77,19 @@ where
 /// with a fresh, pending channel ([`SyncRegistry::claim`]), and removed in
 /// the same critical section that publishes its outcome
 /// ([`KeyedPublisher::finish`]). Nothing else inserts, removes, or publishes.
-/// Lock order: `map`, then a status or cancel cell; never the reverse.
+/// Lock order: `map`, then a status cell; never the reverse.
+///
+/// No user code runs under `map`: publication defers its wake-ups
+/// ([`WakeList`](crate::watch_cell::WakeList)) until `map` is released, and
+/// cancellation collects the jobs under `map` and cancels them after it, so a
+/// waker or predicate that calls back into the registry cannot deadlock.
 struct Jobs<K, O> {
     map: Mutex<HashMap<K, Job<O>>>,
 }
 
 struct Job<O> {
     status: SyncReceiver<O>,
-    cancel: CancelSignal,
+    cancel: CancellationToken,
 }
 
 /// What [`SyncRegistry::claim`] found under a key.
@@ -94,6 +106,44 @@ where
     Owner(KeyedPublisher<K, O>),
 }
 
+/// What [`SyncRegistry::start`] did: started the job, or joined the job in
+/// flight under the key. Either way it carries a receiver of the outcome of
+/// the job that runs.
+#[derive(Debug)]
+pub enum Start<O = SyncOutcome> {
+    /// The key was free: the job was spawned, and this receives its outcome.
+    Started(SyncReceiver<O>),
+    /// A job was in flight under the key: the job passed to `start` was
+    /// dropped uncalled, and this receives the outcome of the one in flight.
+    Joined(SyncReceiver<O>),
+}
+
+impl<O> Start<O> {
+    /// Whether this call started the job.
+    pub const fn is_started(&self) -> bool {
+        matches!(self, Start::Started(_))
+    }
+
+    /// Whether this call joined a job already in flight.
+    pub const fn is_joined(&self) -> bool {
+        matches!(self, Start::Joined(_))
+    }
+
+    /// The receiver of the outcome.
+    pub const fn receiver(&self) -> &SyncReceiver<O> {
+        match self {
+            Start::Started(receiver) | Start::Joined(receiver) => receiver,
+        }
+    }
+
+    /// The receiver of the outcome.
+    pub fn into_receiver(self) -> SyncReceiver<O> {
+        match self {
+            Start::Started(receiver) | Start::Joined(receiver) => receiver,
+        }
+    }
+}
+
 impl<K, O> SyncRegistry<K, O>
 where
     K: Eq + Hash,
@@ -101,10 +151,39 @@ where
 {
     /// An empty registry.
     pub fn new() -> Self {
+        Self::with_root(CancellationToken::new())
+    }
+
+    /// An empty registry whose jobs are cancelled when `parent` is: every
+    /// job's token is a child of `parent` (through the registry's own
+    /// token). A job started after `parent` was cancelled starts cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{CancellationToken, SyncOutcome, SyncRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let shutdown = CancellationToken::new();
+    /// let syncs = SyncRegistry::with_parent_token(&shutdown);
+    /// let copy = syncs.start("blob-9", |cancel| async move {
+    ///     cancel.cancelled().await;
+    ///     SyncOutcome::Cancelled
+    /// });
+    /// shutdown.cancel();
+    /// assert_eq!(copy.into_receiver().done().await, SyncOutcome::Cancelled);
+    /// # }
+    /// ```
+    pub fn with_parent_token(parent: &CancellationToken) -> Self {
+        Self::with_root(parent.child_token())
+    }
+
+    fn with_root(root: CancellationToken) -> Self {
         Self {
             jobs: Arc::new(Jobs {
                 map: Mutex::new(HashMap::new()),
             }),
+            root,
         }
     }
 
@@ -114,7 +193,10 @@ where
     /// This is [`start`](Self::start) without the spawning, for jobs that run
     /// on a thread or another executor. The owner must eventually publish
     /// through the [`KeyedPublisher`] (or drop it, which publishes
-    /// [`Outcome::abandoned`]); until then the key stays claimed.
+    /// [`Outcome::abandoned`]); until then the key stays claimed. On another
+    /// executor, spawn [`KeyedPublisher::run`], which publishes a panic as
+    /// [`Outcome::panicked`]; on a thread, a panic that unwinds through the
+    /// owner publishes [`Outcome::panicked`] too.
     ///
     /// # Examples
     ///
@@ -139,7 +221,7 @@ where
             // Absent, so any earlier job under this key has published.
             Entry::Vacant(slot) => {
                 let (publisher, status) = channel();
-                let cancel = CancelSignal::new();
+                let cancel = self.root.child_token();
                 let key = slot.key().clone();
                 slot.insert(Job {
                     status,
@@ -156,11 +238,13 @@ where
     }
 
     /// Starts `job` for `key` on the current tokio runtime, unless a job is
-    /// in flight under `key` already; either way, returns a receiver of the
-    /// outcome of the job that runs.
+    /// in flight under `key` already; says which ([`Start::Started`] or
+    /// [`Start::Joined`]), with a receiver of the outcome of the job that
+    /// runs.
     ///
     /// `job` is called once, on the spawned task, with the job's
-    /// [`CancelSignal`]. Its output is published to every receiver and frees
+    /// [`CancellationToken`]; when the caller joins a job in flight, `job` is
+    /// dropped uncalled. Its output is published to every receiver and frees
     /// the key in one atomic step. If `job` (or its future) panics,
     /// [`Outcome::panicked`] with the panic message is published instead.
     ///
@@ -176,30 +260,34 @@ where
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let syncs = SyncRegistry::new();
-    /// let panicked = syncs.start(1, |_cancel| async { panic!("disk full") });
-    /// assert_eq!(panicked.done().await, SyncOutcome::Failed("disk full".into()));
+    /// let first = syncs.start(1, |_cancel| async { panic!("disk full") });
+    /// assert!(first.is_started());
+    /// let second = syncs.start(1, |_cancel| async { SyncOutcome::Success });
+    /// assert!(second.is_joined(), "the first job is still in flight");
+    /// assert_eq!(second.receiver().done().await, SyncOutcome::Failed("disk full".into()));
     /// // The key was freed: a new start runs a new job.
     /// let retried = syncs.start(1, |_cancel| async { SyncOutcome::Success });
-    /// assert_eq!(retried.done().await, SyncOutcome::Success);
+    /// assert!(retried.is_started());
+    /// assert_eq!(retried.into_receiver().done().await, SyncOutcome::Success);
     /// # }
     /// ```
-    pub fn start<F, Fut>(&self, key: K, job: F) -> SyncReceiver<O>
+    pub fn start<F, Fut>(&self, key: K, job: F) -> Start<O>
     where
         K: Clone + Send + 'static,
         O: Send + 'static,
-        F: FnOnce(CancelSignal) -> Fut + Send + 'static,
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = O> + Send + 'static,
     {
         // Before claiming: without a runtime, panic with the map untouched.
         let runtime = tokio::runtime::Handle::current();
         match self.claim(key) {
-            Claim::Attached(receiver) => receiver,
+            Claim::Attached(receiver) => Start::Joined(receiver),
             Claim::Owner(owner) => {
                 let receiver = owner.subscribe();
                 // Detached: the owner publishes (and frees the key) when the
                 // job ends, panics, or its task is dropped unfinished.
-                drop(runtime.spawn(run(owner, job)));
-                receiver
+                drop(runtime.spawn(owner.run(job)));
+                Start::Started(receiver)
             }
         }
     }
@@ -230,7 +318,7 @@ where
     /// let receiver = syncs.start("blob-3", |cancel| async move {
     ///     cancel.cancelled().await;
     ///     SyncOutcome::Cancelled
-    /// });
+    /// }).into_receiver();
     /// let cancelled = syncs.cancel("blob-3").expect("in flight");
     /// assert_eq!(cancelled.done().await, SyncOutcome::Cancelled);
     /// assert_eq!(receiver.done().await, SyncOutcome::Cancelled);
@@ -242,17 +330,23 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let map = self.jobs.map.lock();
-        map.get(key).map(|job| {
-            job.cancel.cancel();
-            job.status.subscribe()
-        })
+        let (cancel, status) = {
+            let map = self.jobs.map.lock();
+            let job = map.get(key)?;
+            (job.cancel.clone(), job.status.subscribe())
+        };
+        // After unlocking: cancelling wakes the job's waiters, whose wakers
+        // may call back into the registry. Should the job publish meanwhile,
+        // cancelling its token is harmless and `status` resolves.
+        cancel.cancel();
+        Some(status)
     }
 
     /// Cancels every job in flight whose key satisfies `predicate`.
     ///
-    /// `predicate` runs under the registry's lock: it must not call into
-    /// this registry.
+    /// `predicate` runs on a snapshot of the keys in flight, with no lock
+    /// held, so it may call into this registry. A job that publishes while
+    /// the predicate runs is still listed (its receiver is already done).
     ///
     /// # Examples
     ///
@@ -276,13 +370,20 @@ where
     where
         K: Clone,
     {
-        let map = self.jobs.map.lock();
-        let jobs = map
-            .iter()
-            .filter(|(key, _)| predicate(key))
-            .map(|(key, job)| {
-                job.cancel.cancel();
-                (key.clone(), job.status.subscribe())
+        let in_flight: Vec<_> = {
+            let map = self.jobs.map.lock();
+            map.iter()
+                .map(|(key, job)| (key.clone(), job.cancel.clone(), job.status.subscribe()))
+                .collect()
+        };
+        // No lock held from here: neither the predicate nor the wakers that
+        // cancelling runs can deadlock against the registry.
+        let jobs = in_flight
+            .into_iter()
+            .filter(|(key, _, _)| predicate(key))
+            .map(|(key, cancel, status)| {
+                cancel.cancel();
+                (key, status)
             })
             .collect();
         Cancellation { jobs }
@@ -318,28 +419,6 @@ where
     }
 }
 
-/// The body of a spawned job: run it, turn a panic into an outcome, publish.
-async fn run<K, O, F, Fut>(owner: KeyedPublisher<K, O>, job: F)
-where
-    K: Eq + Hash,
-    O: Outcome,
-    F: FnOnce(CancelSignal) -> Fut,
-    Fut: Future<Output = O>,
-{
-    let cancel = owner.cancel_signal().clone();
-    // `job` is called inside the guarded future, so a panic while building
-    // the future is caught too. Nothing observes the job's state after a
-    // panic, so asserting unwind safety is sound.
-    let outcome = match AssertUnwindSafe(async move { job(cancel).await })
-        .catch_unwind()
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(payload) => O::panicked(panic_message(payload.as_ref())),
-    };
-    owner.publish(outcome);
-}
-
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&str>() {
         (*message).to_owned()
@@ -366,10 +445,10 @@ where
     O: Outcome,
 {
     fn drop(&mut self) {
-        // Nobody could cancel these jobs any more: ask them to stop.
-        for job in self.jobs.map.lock().values() {
-            job.cancel.cancel();
-        }
+        // Nobody could cancel these jobs any more: ask them to stop. Every
+        // job's token is a child of `root`; no lock of ours is held while
+        // their waiters are woken.
+        self.root.cancel();
     }
 }
 
@@ -380,8 +459,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("SyncRegistry");
-        // `try_lock`: formatting from inside a `cancel_where` predicate must
-        // not deadlock.
+        // `try_lock`: formatting must not deadlock, whoever holds the lock.
         match self.jobs.map.try_lock() {
             Some(map) => d.field("in_flight", &map.keys().collect::<Vec<_>>()),
             None => d.field("in_flight", &format_args!("<locked>")),
@@ -395,7 +473,10 @@ where
 ///
 /// [`publish`](Self::publish) publishes the outcome and frees the key in one
 /// atomic step. Dropping it unpublished does the same with
-/// [`Outcome::abandoned`].
+/// [`Outcome::abandoned`], or with [`Outcome::panicked`] if it is dropped by
+/// a panic unwinding the thread that holds it (a job on a thread that
+/// panics reports `Failed`, not `Cancelled`). A panic in an async job is
+/// caught by [`run`](Self::run).
 pub struct KeyedPublisher<K, O = SyncOutcome>
 where
     K: Eq + Hash,
@@ -405,7 +486,7 @@ where
     key: K,
     /// `None` once published.
     publisher: Option<SyncPublisher<O>>,
-    cancel: CancelSignal,
+    cancel: CancellationToken,
 }
 
 impl<K, O> KeyedPublisher<K, O>
@@ -418,8 +499,10 @@ where
         &self.key
     }
 
-    /// The signal set when this job is cancelled through the registry.
-    pub fn cancel_signal(&self) -> &CancelSignal {
+    /// The job's cancellation token, cancelled when the job is cancelled
+    /// through the registry, when the registry is dropped, or when the
+    /// registry's parent token is cancelled.
+    pub fn cancellation_token(&self) -> &CancellationToken {
         &self.cancel
     }
 
@@ -438,6 +521,49 @@ where
         self.finish(outcome);
     }
 
+    /// Runs `job` with this job's cancellation token and publishes its
+    /// output; if `job` (or its future) panics, publishes
+    /// [`Outcome::panicked`] with the panic message instead. This is what
+    /// [`SyncRegistry::start`] spawns; use it to run a claimed job on
+    /// another executor.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes drops `job` and the
+    /// publisher, which publishes [`Outcome::abandoned`] and frees the key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leasehold::status::{Claim, SyncOutcome, SyncRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let syncs = SyncRegistry::<u32>::new();
+    /// let Claim::Owner(owner) = syncs.claim(3) else { unreachable!("the key is free") };
+    /// let receiver = owner.subscribe();
+    /// owner.run(|_cancel| async { panic!("checksum mismatch") }).await;
+    /// assert_eq!(receiver.done().await, SyncOutcome::Failed("checksum mismatch".into()));
+    /// # }
+    /// ```
+    pub async fn run<F, Fut>(self, job: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = O>,
+    {
+        let cancel = self.cancellation_token().clone();
+        // `job` is called inside the guarded future, so a panic while
+        // building the future is caught too. Nothing observes the job's
+        // state after a panic, so asserting unwind safety is sound.
+        let outcome = match AssertUnwindSafe(async move { job(cancel).await })
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(payload) => O::panicked(panic_message(payload.as_ref())),
+        };
+        self.publish(outcome);
+    }
+
     /// The registry's atomic step (see the invariant on [`Jobs`]).
     fn finish(&mut self, outcome: O) {
         let Some(publisher) = self.publisher.take() else {
@@ -445,17 +571,21 @@ where
         };
         let mut map = self.jobs.map.lock();
         // Only this publisher removes its key, so the entry is still ours.
-        let removed = map.remove(&self.key);
+        let removed = map.remove_entry(&self.key);
         debug_assert!(
-            removed.is_some_and(|job| publisher.same_channel(&job.status)),
+            removed
+                .as_ref()
+                .is_some_and(|(_, job)| publisher.same_channel(&job.status)),
             "a claimed key was removed by someone other than its publisher"
         );
         // Publish before unlocking: from now on the key is free and the
         // outcome readable, and no one saw one without the other. The
-        // waiters are woken after the map lock is released.
+        // waiters are woken, and the removed key and job dropped, after the
+        // map lock is released.
         let wakes = publisher.publish_deferred(outcome);
         drop(map);
         drop(wakes);
+        drop(removed);
     }
 }
 
@@ -466,7 +596,7 @@ where
 {
     fn drop(&mut self) {
         if self.publisher.is_some() {
-            self.finish(O::abandoned());
+            self.finish(super::channel::unpublished());
         }
     }
 }

@@ -18,7 +18,7 @@ use super::progress::{Checkpoint, ProgressStore, ScanKey, ScopeFingerprint};
 use super::retry::{RetryPolicy, RetryQueue};
 use crate::clock::{self, Clock};
 use crate::status::{
-    self, CancelSignal, Outcome, SyncOutcome, SyncPublisher, SyncReceiver, SyncRegistry,
+    self, CancellationToken, Outcome, SyncOutcome, SyncPublisher, SyncReceiver, SyncRegistry,
 };
 use crate::sync::Mutex;
 
@@ -277,7 +277,7 @@ pub struct ScanControl<K> {
 }
 
 struct Shared<K> {
-    cancel: CancelSignal,
+    cancel: CancellationToken,
     progress: Mutex<ScanProgress<K>>,
 }
 
@@ -285,10 +285,9 @@ impl<K: Clone> ScanControl<K> {
     /// Asks the scan to stop: it starts no more work, saves its resume point
     /// and returns a report with `completed == false`. Syncs in flight are
     /// not cancelled; they run on in the registry, and a later scan (or
-    /// request) of their keys attaches to them. Returns `true` if this call
-    /// made the request.
-    pub fn cancel(&self) -> bool {
-        self.shared.cancel.cancel()
+    /// request) of their keys attaches to them.
+    pub fn cancel(&self) {
+        self.shared.cancel.cancel();
     }
 
     /// The scan's progress now.
@@ -433,7 +432,7 @@ where
             config,
             clock: clock::system(),
             shared: Arc::new(Shared {
-                cancel: CancelSignal::new(),
+                cancel: CancellationToken::new(),
                 progress: Mutex::new(ScanProgress::new(ResumePoint::Start, false)),
             }),
             stopped,
@@ -520,7 +519,7 @@ where
         recheck: R,
     ) -> Result<ScanReport<K>, ScanError>
     where
-        J: Fn(K, CancelSignal) -> JF + Send + Sync + 'static,
+        J: Fn(K, CancellationToken) -> JF + Send + Sync + 'static,
         JF: Future<Output = SyncOutcome> + Send + 'static,
         R: Fn(K) -> RF + Send + Sync + 'static,
         RF: Future<Output = Result<Recheck, E>> + Send + 'static,
@@ -787,7 +786,7 @@ impl<K, Src, J, JF, R, RF, E> Work<K, Src, J, R>
 where
     K: ScanKey,
     Src: KeySource<K>,
-    J: Fn(K, CancelSignal) -> JF + Send + Sync + 'static,
+    J: Fn(K, CancellationToken) -> JF + Send + Sync + 'static,
     JF: Future<Output = SyncOutcome> + Send + 'static,
     R: Fn(K) -> RF + Send + Sync + 'static,
     RF: Future<Output = Result<Recheck, E>> + Send + 'static,
@@ -798,7 +797,7 @@ where
     async fn run<S: ProgressStore>(
         &mut self,
         driver: &mut Driver<K, S>,
-        cancel: &CancelSignal,
+        cancel: &CancellationToken,
     ) -> Result<bool, ScanError> {
         loop {
             if cancel.is_cancelled() {
@@ -846,7 +845,7 @@ where
     async fn fill<S: ProgressStore>(
         &mut self,
         driver: &mut Driver<K, S>,
-        cancel: &CancelSignal,
+        cancel: &CancellationToken,
     ) -> Result<bool, ScanError> {
         while self.running.len() < self.config.concurrency {
             if let Some(retry) = self.retries.pop_due(self.clock.now()) {
@@ -906,7 +905,8 @@ where
         let job_key = key.clone();
         let receiver = self
             .registry
-            .start(key.clone(), move |cancel| sync(job_key, cancel));
+            .start(key.clone(), move |cancel| sync(job_key, cancel))
+            .into_receiver();
         self.running.push(Box::pin(async move {
             let outcome = receiver.done().await;
             Event::Finished { key, outcome }
