@@ -84,7 +84,7 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "postgres")]
 use leasehold::changelog::PostgresChangeLog;
 use leasehold::changelog::{
-    Advanced, BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup,
+    Advanced, Attempt, BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup,
     CommitError, DecodeError, EntryId, EntryInfo, EntryState, Fence, FencedCommitError,
     FieldReader, FieldWriter, FinishError, OwnerId, Ownership, Payload, Phase, Removal,
     SqliteChangeLog,
@@ -592,6 +592,16 @@ impl ChangeLog for StoreLog {
     async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
         forward!(self, log => log.advance(fence).await)
     }
+    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
+        forward!(self, log => log.start_attempt(fence).await)
+    }
+    async fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> Result<Ownership, ChangeLogError> {
+        forward!(self, log => log.record_failure(fence, reason).await)
+    }
     fn next_stale_in(&self) -> Option<Duration> {
         forward!(self, log => log.next_stale_in())
     }
@@ -641,6 +651,16 @@ impl ChangeLog for StallableLog {
     }
     async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
         self.inner.advance(fence).await
+    }
+    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
+        self.inner.start_attempt(fence).await
+    }
+    async fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> Result<Ownership, ChangeLogError> {
+        self.inner.record_failure(fence, reason).await
     }
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
         self.inner.get(id).await
@@ -909,10 +929,29 @@ async fn run_recovery(args: &Args) -> Result<(), BoxError> {
             return Err(format!("recovery did not converge within {timeout:?}").into());
         }
     }
+    if let Some(error) = recovery.last_error() {
+        // The whole chain, for the logs of the torture tests.
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&*error);
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        eprintln!("recovery: last error: {text}");
+    }
     let stats = recovery.shutdown().await;
     println!(
-        "recovery: claimed={} cleaned={} quarantined={} errors={} lost={}",
-        stats.claimed, stats.cleaned, stats.quarantined, stats.errors, stats.lost
+        "recovery: claimed={} cleaned={} quarantined={} errors={} lost={} released={} \
+         attempts={} failed_attempts={} abandoned={}",
+        stats.claimed,
+        stats.cleaned,
+        stats.quarantined,
+        stats.errors,
+        stats.lost,
+        stats.released,
+        stats.attempts,
+        stats.failed_attempts,
+        stats.abandoned
     );
     Ok(())
 }

@@ -207,7 +207,7 @@ fn random_freezes(backend: &Backend) {
          `commit-start`), {WRITERS} writers; writers counted committed={} refused={} \
          conflicts={} in_doubt={} errors={}; store: writes={} commits_refused={} \
          cas_conflicts={} recovery_cleanups={}; recovery claimed={} cleaned={} quarantined={} \
-         errors={} lost={}; \
+         errors={} lost={} released={}; \
          orphans={} dangling={} changelog={}; workload {workload:.1?}, total {:.1?}",
         backend.name,
         Duration::from_millis(1300),
@@ -225,6 +225,7 @@ fn random_freezes(backend: &Backend) {
         recovery_stats["quarantined"],
         recovery_stats["errors"],
         recovery_stats["lost"],
+        recovery_stats["released"],
         report["orphans"],
         report["dangling"],
         report["changelog"],
@@ -264,6 +265,15 @@ fn random_freezes(backend: &Backend) {
     assert!(
         recovery_stats["claimed"] > 0,
         "no freeze made recovery claim anything"
+    );
+    // Every claimed entry ended in exactly one counted outcome.
+    assert_eq!(
+        recovery_stats["claimed"],
+        recovery_stats["cleaned"]
+            + recovery_stats["quarantined"]
+            + recovery_stats["lost"]
+            + recovery_stats["released"],
+        "claimed entries without a counted outcome: {recovery_stats:?}"
     );
     assert!(tally["committed"] > 0, "the writers committed nothing");
 }

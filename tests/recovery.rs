@@ -195,34 +195,44 @@ async fn a_cleanup_that_keeps_failing_is_quarantined_after_its_attempts() {
     let stats = recovery.shutdown().await;
     assert_eq!(cleanup.count("fail-1"), 3);
     assert_eq!(stats.errors, 3);
-    assert!(reports[0].reason.contains("cleanup failed 3 times"));
+    assert!(
+        reports[0].reason.contains("cleanup attempted 3 times"),
+        "{}",
+        reports[0].reason
+    );
+    assert_eq!(reports[0].attempts, 3);
+    assert_eq!(reports[0].failures.len(), 3);
     assert!(reports[0].reason.contains("cannot clean fail-1"));
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_entry_claimed_too_often_is_quarantined_without_another_cleanup() {
+async fn an_entry_whose_recoverers_die_in_its_cleanup_is_quarantined_without_another_cleanup() {
     let log = Arc::new(memory_log());
     record_jobs(&*log, ["crashy".into()]).await;
-    // Five recoverers claimed it and died mid-cleanup.
-    for n in 0..5 {
+    // Three recoverers claimed it, started a cleanup attempt, and died in it.
+    for n in 0..3 {
         tokio::time::sleep(STALENESS).await;
         let claimed = log.claim_stale(&OwnerId::new(format!("dead-{n}")), 1).await;
-        assert_eq!(claimed.unwrap().len(), 1);
+        let claimed = claimed.unwrap();
+        assert_eq!(claimed.len(), 1);
+        log.start_attempt(&claimed[0].fence).await.unwrap();
     }
     let cleanup = Counting::default();
     let recovery = RecoveryLoop::spawn::<_, Job, _>(
         Arc::clone(&log),
         OwnerId::new("recovery"),
         cleanup.clone(),
-        config().max_claims(5).build().unwrap(),
+        config().cleanup_attempts(3).build().unwrap(),
     )
     .unwrap();
     recovery.wait_for_stats(|s| s.quarantined == 1).await;
     assert_eq!(cleanup.count("crashy"), 0);
+    let report = &recovery.quarantine_reports()[0];
+    assert_eq!(report.attempts, 3);
     assert!(
-        recovery.quarantine_reports()[0]
-            .reason
-            .contains("claimed 6 times")
+        report.reason.contains("attempted 3 times"),
+        "{}",
+        report.reason
     );
     recovery.shutdown().await;
 }

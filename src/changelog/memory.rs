@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Advanced, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence,
-    FencedCommitError, OwnerId, Ownership, Removal,
+    Advanced, Attempt, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState,
+    Fence, FencedCommitError, OwnerId, Ownership, RECENT_FAILURES, Removal, clip_failure,
 };
 use crate::clock::Clock;
 use crate::sync::Mutex;
@@ -66,6 +66,8 @@ struct Entry {
     claims: u32,
     quarantine: Option<String>,
     committed: bool,
+    attempts: u32,
+    failures: Vec<String>,
     payload: Vec<u8>,
 }
 
@@ -80,6 +82,8 @@ impl Entry {
             payload: self.payload.clone(),
             claims: self.claims,
             committed: self.committed,
+            attempts: self.attempts,
+            failures: self.failures.clone(),
             age: now.saturating_duration_since(self.refreshed),
             state: match &self.quarantine {
                 None => EntryState::Active,
@@ -202,6 +206,8 @@ impl ChangeLog for MemoryChangeLog {
                 claims: 0,
                 quarantine: None,
                 committed: false,
+                attempts: 0,
+                failures: Vec::new(),
                 payload,
             },
         );
@@ -268,6 +274,9 @@ impl ChangeLog for MemoryChangeLog {
                     payload: entry.payload.clone(),
                     claims: entry.claims,
                     committed: entry.committed,
+                    attempts: entry.attempts,
+                    failures: entry.failures.clone(),
+                    quarantined: None,
                 }
             })
             .collect();
@@ -299,6 +308,38 @@ impl ChangeLog for MemoryChangeLog {
                 })
             }
             _ => Ok(Advanced::Lost),
+        }
+    }
+
+    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state.lock();
+        match state.entries.get_mut(&fence.id.get()) {
+            Some(entry) if entry.owned_by(fence) && entry.quarantine.is_none() => {
+                entry.attempts = entry.attempts.saturating_add(1);
+                entry.refreshed = entry.refreshed.max(now);
+                Ok(Attempt::Started {
+                    number: entry.attempts,
+                })
+            }
+            _ => Ok(Attempt::Lost),
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> Result<Ownership, ChangeLogError> {
+        let mut state = self.shared.state.lock();
+        match state.entries.get_mut(&fence.id.get()) {
+            Some(entry) if entry.owned_by(fence) && entry.quarantine.is_none() => {
+                entry.failures.push(clip_failure(reason));
+                let excess = entry.failures.len().saturating_sub(RECENT_FAILURES);
+                entry.failures.drain(..excess);
+                Ok(Ownership::Held)
+            }
+            _ => Ok(Ownership::Lost),
         }
     }
 

@@ -14,6 +14,13 @@
 //! | [`remove`](ChangeLog::remove) | idempotent; a fenced-out remove changes nothing |
 //! | [`claim_stale`](ChangeLog::claim_stale) | claims up to `max` stale entries; exactly one claimer wins each, and the previous owner is fenced out |
 //! | [`quarantine`](ChangeLog::quarantine) | parks a poison entry: never claimed again, still listable |
+//! | [`start_attempt`](ChangeLog::start_attempt) | durably counts one cleanup attempt on the entry, whoever runs it |
+//! | [`record_failure`](ChangeLog::record_failure) | keeps why an attempt failed (the most recent [`RECENT_FAILURES`]) |
+//!
+//! A row the store cannot decode (a payload of the wrong type, a counter at
+//! the top of its range) never makes a claim or a listing fail: a claim
+//! quarantines it in the same step, with the decoding error, and reports it
+//! ([`ClaimedEntry::quarantined`]).
 //!
 //! # Fencing
 //!
@@ -313,6 +320,50 @@ pub struct ClaimedEntry {
     /// that commit without the store's fence: the cleanup must then inspect
     /// the committed state.
     pub committed: bool,
+    /// How many cleanup attempts were started on the entry before this
+    /// claim, by any owner ([`ChangeLog::start_attempt`]). Claims alone do
+    /// not count: a recoverer that died before trying charges nothing.
+    pub attempts: u32,
+    /// Why recent attempts failed, oldest first (at most
+    /// [`RECENT_FAILURES`]; [`ChangeLog::record_failure`]).
+    pub failures: Vec<String>,
+    /// `Some(reason)` if the store could not decode the row: the claim
+    /// quarantined it in the same step, with this reason. The payload is
+    /// then empty; the fence can still [`remove`](ChangeLog::remove) it.
+    pub quarantined: Option<String>,
+}
+
+/// How many failure reasons an entry keeps ([`ChangeLog::record_failure`]):
+/// the most recent ones.
+pub const RECENT_FAILURES: usize = 5;
+
+/// The longest failure reason an entry keeps, in bytes; longer ones are cut
+/// at a character boundary.
+pub const MAX_FAILURE_LEN: usize = 500;
+
+/// A failure reason as an entry keeps it: at most [`MAX_FAILURE_LEN`] bytes,
+/// on one line.
+pub(crate) fn clip_failure(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_FAILURE_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].replace(['\n', '\r'], " ")
+}
+
+/// The result of [`ChangeLog::start_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Attempt {
+    /// The attempt is recorded: it is the entry's `number`-th (1-based),
+    /// counted across every claim and owner.
+    Started {
+        /// The attempts started on the entry so far, this one included.
+        number: u32,
+    },
+    /// The entry was claimed by another owner, removed, or quarantined:
+    /// nothing was recorded, and the caller must not clean it up.
+    Lost,
 }
 
 /// Whether an entry is live or parked.
@@ -345,6 +396,11 @@ pub struct EntryInfo {
     pub age: Duration,
     /// Whether a fenced commit for the entry has landed.
     pub committed: bool,
+    /// Cleanup attempts started on the entry ([`ChangeLog::start_attempt`]).
+    pub attempts: u32,
+    /// Why recent attempts failed, oldest first (at most
+    /// [`RECENT_FAILURES`]).
+    pub failures: Vec<String>,
     /// Live or quarantined.
     pub state: EntryState,
 }
@@ -449,6 +505,77 @@ pub trait ChangeLog: Send + Sync + 'static {
     ///
     /// Cancel safe: repeat the call to learn the outcome.
     fn quarantine(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> impl Future<Output = Result<Ownership, ChangeLogError>> + Send;
+
+    /// Durably counts one cleanup attempt on the entry `fence` owns, before
+    /// the cleanup starts, and counts as a refresh.
+    ///
+    /// Attempts are counted per entry across claims and owners, so a
+    /// recovery loop can tell an entry whose cleanup keeps failing (or
+    /// crashing its recoverers) from one whose recoverers died for
+    /// unrelated reasons before trying it. Returns [`Attempt::Lost`]
+    /// (changing nothing) if the entry was claimed by another generation,
+    /// removed or quarantined.
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed; the attempt may or may not
+    /// have been counted.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped call may have counted the attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use leasehold::changelog::{Attempt, ChangeLog, MemoryChangeLog, OwnerId, Ownership};
+    /// use leasehold::clock::ManualClock;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let clock = ManualClock::new();
+    /// let log = MemoryChangeLog::new(Arc::new(clock.clone()), Duration::from_secs(30));
+    /// log.record(&OwnerId::new("crashed-writer"), b"undo a".to_vec()).await?;
+    /// clock.advance(Duration::from_secs(30));
+    /// let claimed = log.claim_stale(&OwnerId::new("recovery-1"), 10).await?.remove(0);
+    /// assert_eq!(claimed.attempts, 0);
+    ///
+    /// // Counted before the cleanup starts; the failure recorded after it.
+    /// assert_eq!(log.start_attempt(&claimed.fence).await?, Attempt::Started { number: 1 });
+    /// assert_eq!(log.record_failure(&claimed.fence, "blob store timed out").await?, Ownership::Held);
+    ///
+    /// // The next recoverer sees both.
+    /// clock.advance(Duration::from_secs(30));
+    /// let again = log.claim_stale(&OwnerId::new("recovery-2"), 10).await?.remove(0);
+    /// assert_eq!(again.attempts, 1);
+    /// assert_eq!(again.failures, ["blob store timed out"]);
+    /// # Ok(()) }
+    /// ```
+    fn start_attempt(
+        &self,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<Attempt, ChangeLogError>> + Send;
+
+    /// Records why an attempt on the entry `fence` owns failed: the entry
+    /// keeps the [`RECENT_FAILURES`] most recent reasons, each cut to
+    /// [`MAX_FAILURE_LEN`] bytes on one line. Does not count as a refresh.
+    /// Returns [`Ownership::Lost`] (changing nothing) for a fence that no
+    /// longer owns an active entry.
+    ///
+    /// # Errors
+    ///
+    /// A [`ChangeLogError`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped call may have recorded the reason, and
+    /// repeating it records it twice.
+    fn record_failure(
         &self,
         fence: &Fence,
         reason: &str,
@@ -559,6 +686,21 @@ impl<L: ChangeLog> ChangeLog for Arc<L> {
         fence: &Fence,
     ) -> impl Future<Output = Result<Advanced, ChangeLogError>> + Send {
         (**self).advance(fence)
+    }
+
+    fn start_attempt(
+        &self,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<Attempt, ChangeLogError>> + Send {
+        (**self).start_attempt(fence)
+    }
+
+    fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> impl Future<Output = Result<Ownership, ChangeLogError>> + Send {
+        (**self).record_failure(fence, reason)
     }
 
     fn next_stale_in(&self) -> Option<Duration> {

@@ -14,8 +14,9 @@ use tokio_postgres::{Socket, Statement};
 
 use super::staleness::{Observations, Seen};
 use super::{
-    Advanced, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence,
-    FencedCommitError, OwnerId, Ownership, Removal, to_i64, to_u64,
+    Advanced, Attempt, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState,
+    Fence, FencedCommitError, OwnerId, Ownership, RECENT_FAILURES, Removal, clip_failure, to_i64,
+    to_u64,
 };
 use crate::clock::Clock;
 use crate::postgres::Connect;
@@ -26,6 +27,10 @@ const BACKEND: &str = "postgres";
 
 /// The changelog schema version this crate writes and reads.
 const SCHEMA_VERSION: i64 = 2;
+
+/// The top of `BIGINT` and `INTEGER`: counters there cannot be incremented.
+const MAX_BIGINT: i64 = i64::MAX;
+const MAX_INTEGER: i32 = i32::MAX;
 
 impl From<StoreFailure> for ChangeLogError {
     fn from(failure: StoreFailure) -> Self {
@@ -132,8 +137,10 @@ impl PostgresChangeLogBuilder {
         // An identity column: ids are never reused, so the fence of a
         // removed entry can never match a later entry at the same generation.
         // `beat` is what staleness is judged on; `committed` is set by a
-        // fenced commit in its own transaction. The timestamps are for people
-        // reading the table; no decision reads them.
+        // fenced commit in its own transaction; `attempts` counts cleanup
+        // attempts started, `failures` keeps the most recent failure reasons,
+        // oldest first. The timestamps are for people reading the table; no
+        // decision reads them.
         let ddl = format!(
             "CREATE TABLE {log} (
                  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -145,12 +152,16 @@ impl PostgresChangeLogBuilder {
                  quarantined TEXT,
                  payload BYTEA NOT NULL,
                  beat BIGINT NOT NULL DEFAULT 0,
-                 committed BOOLEAN NOT NULL DEFAULT false
+                 committed BOOLEAN NOT NULL DEFAULT false,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 failures TEXT[] NOT NULL DEFAULT '{{}}'
              );"
         );
         let upgrades = [format!(
             "ALTER TABLE {log} ADD COLUMN beat BIGINT NOT NULL DEFAULT 0;
              ALTER TABLE {log} ADD COLUMN committed BOOLEAN NOT NULL DEFAULT false;
+             ALTER TABLE {log} ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE {log} ADD COLUMN failures TEXT[] NOT NULL DEFAULT '{{}}';
              DROP INDEX IF EXISTS {};",
             tables.table("leasehold_changelog_claimable")
         )];
@@ -185,7 +196,10 @@ struct Sql {
     remove: String,
     scan: String,
     claim: String,
+    quarantine_unusable: String,
     quarantine: String,
+    start_attempt: String,
+    record_failure: String,
     advance: String,
     take_fence: String,
     get: String,
@@ -195,7 +209,9 @@ struct Sql {
 impl Sql {
     fn new(log: &str) -> Self {
         let info = format!(
-            "SELECT id, owner, generation, claims, payload, quarantined, beat, committed FROM {log}"
+            "SELECT id, owner, generation, claims, payload, quarantined, beat, committed,
+                    attempts, failures
+             FROM {log}"
         );
         Sql {
             record: format!(
@@ -223,7 +239,9 @@ impl Sql {
                  SELECT (SELECT count(*) FROM deleted),
                         EXISTS (SELECT 1 FROM {log} WHERE id = $1)"
             ),
-            scan: format!("SELECT id, generation, beat FROM {log} WHERE quarantined IS NULL"),
+            scan: format!(
+                "SELECT id, generation, beat, claims FROM {log} WHERE quarantined IS NULL"
+            ),
             // One statement for the whole batch, each row conditional on the
             // (generation, beat) this handle saw unchanged. The rows are
             // locked in id order and rows another transaction holds (a claim,
@@ -239,13 +257,45 @@ impl Sql {
                      SELECT l.id FROM {log} AS l JOIN seen ON l.id = seen.id
                      WHERE l.generation = seen.generation AND l.beat = seen.beat
                        AND l.quarantined IS NULL
+                       AND l.generation < {MAX_BIGINT} AND l.beat < {MAX_BIGINT}
+                       AND l.claims < {MAX_INTEGER}
                      ORDER BY l.id
                      FOR UPDATE OF l SKIP LOCKED)
                  UPDATE {log} AS l
                  SET owner = $1, generation = l.generation + 1, claims = l.claims + 1,
                      beat = l.beat + 1
                  FROM locked WHERE l.id = locked.id
-                 RETURNING l.id, l.generation, l.claims, l.payload, l.committed"
+                 RETURNING l.id, l.generation, l.claims, l.payload, l.committed, l.attempts,
+                           l.failures"
+            ),
+            // Stale rows whose counters a claim cannot increment: taken by
+            // the claimer and quarantined with the reason, conditional on
+            // the triple seen, like a claim.
+            quarantine_unusable: format!(
+                "WITH seen AS (
+                     SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::text[])
+                         AS c(id, generation, beat, reason)),
+                 locked AS (
+                     SELECT l.id, seen.reason FROM {log} AS l JOIN seen ON l.id = seen.id
+                     WHERE l.generation = seen.generation AND l.beat = seen.beat
+                       AND l.quarantined IS NULL
+                     ORDER BY l.id
+                     FOR UPDATE OF l SKIP LOCKED)
+                 UPDATE {log} AS l SET owner = $1, quarantined = locked.reason
+                 FROM locked WHERE l.id = locked.id
+                 RETURNING l.id, l.generation, locked.reason"
+            ),
+            start_attempt: format!(
+                "UPDATE {log} SET attempts = attempts + 1, beat = beat + 1, refreshed_at = now()
+                 WHERE id = $1 AND owner = $2 AND generation = $3 AND quarantined IS NULL
+                   AND attempts < {MAX_INTEGER} AND beat < {MAX_BIGINT}
+                 RETURNING attempts"
+            ),
+            // Appends the reason and keeps the most recent ones.
+            record_failure: format!(
+                "UPDATE {log}
+                 SET failures = (failures || $4::text)[greatest(1, cardinality(failures) + 2 - $5):]
+                 WHERE id = $1 AND owner = $2 AND generation = $3 AND quarantined IS NULL"
             ),
             // Idempotent: quarantining again keeps the first reason.
             quarantine: format!(
@@ -511,6 +561,16 @@ impl PostgresChangeLog {
             .observe_all(rows, now, self.shared.staleness, max)
     }
 
+    /// Sorts a claim's entries by id and stops watching them.
+    fn forget_claimed(&self, mut claimed: Vec<ClaimedEntry>) -> Vec<ClaimedEntry> {
+        claimed.sort_by_key(|entry| entry.fence.id());
+        let mut observations = self.shared.observations.lock();
+        for entry in &claimed {
+            observations.forget(entry.fence.id().get());
+        }
+        claimed
+    }
+
     async fn prepared(
         &self,
         sql: impl Fn(&Sql) -> &str,
@@ -611,17 +671,75 @@ impl ChangeLog for PostgresChangeLog {
         }
         let (client, scan) = self.prepared(|s| &s.scan).await?;
         let rows = client.query(&scan, &[]).await.map_err(pg)?;
+        // A row whose counters a claim cannot increment would fail the whole
+        // claim statement: it is quarantined instead, once stale.
+        let mut broken = std::collections::HashMap::new();
         let seen = rows
             .iter()
-            .map(|row| Seen {
-                id: to_u64(row.get(0)),
-                generation: to_u64(row.get(1)),
-                beat: to_u64(row.get(2)),
+            .map(|row| {
+                let (id, generation, beat, claims): (i64, i64, i64, i32) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                let reason = if !(1..MAX_BIGINT).contains(&generation) {
+                    Some(format!(
+                        "undecodable row: generation {generation} is out of range"
+                    ))
+                } else if !(0..MAX_BIGINT).contains(&beat) {
+                    Some(format!("undecodable row: beat {beat} is out of range"))
+                } else if !(0..MAX_INTEGER).contains(&claims) {
+                    Some(format!("undecodable row: claims {claims} is out of range"))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    broken.insert(id as u64, (generation, beat, reason));
+                }
+                // Bit casts: an out-of-range value still identifies what was seen.
+                Seen {
+                    id: id as u64,
+                    generation: generation as u64,
+                    beat: beat as u64,
+                }
             })
             .collect();
-        let stale = self.observe_all(seen, max);
-        if stale.is_empty() {
+        let ripe = self.observe_all(seen, max);
+        if ripe.is_empty() {
             return Ok(Vec::new());
+        }
+        let (unusable, stale): (Vec<Seen>, Vec<Seen>) =
+            ripe.into_iter().partition(|s| broken.contains_key(&s.id));
+        let mut claimed = Vec::with_capacity(unusable.len() + stale.len());
+        if !unusable.is_empty() {
+            let statement = client
+                .prepare_cached(&self.shared.sql.quarantine_unusable)
+                .await
+                .map_err(pg)?;
+            let ids: Vec<i64> = unusable.iter().map(|s| s.id as i64).collect();
+            let generations: Vec<i64> = unusable.iter().map(|s| broken[&s.id].0).collect();
+            let beats: Vec<i64> = unusable.iter().map(|s| broken[&s.id].1).collect();
+            let reasons: Vec<&str> = unusable.iter().map(|s| broken[&s.id].2.as_str()).collect();
+            let rows = client
+                .query(
+                    &statement,
+                    &[&owner.as_str(), &ids, &generations, &beats, &reasons],
+                )
+                .await
+                .map_err(pg)?;
+            claimed.extend(rows.iter().map(|row| ClaimedEntry {
+                fence: Fence::new(
+                    EntryId::new(to_u64(row.get(0))),
+                    owner.clone(),
+                    to_u64(row.get(1)),
+                ),
+                payload: Vec::new(),
+                claims: 0,
+                committed: false,
+                attempts: 0,
+                failures: Vec::new(),
+                quarantined: Some(row.get(2)),
+            }));
+        }
+        if stale.is_empty() {
+            return Ok(self.forget_claimed(claimed));
         }
         let column = |f: fn(&Seen) -> u64| stale.iter().map(|s| to_i64(f(s))).collect::<Vec<_>>();
         let claim = client
@@ -640,25 +758,48 @@ impl ChangeLog for PostgresChangeLog {
             )
             .await
             .map_err(pg)?;
-        let mut claimed: Vec<ClaimedEntry> = rows
-            .iter()
-            .map(|row| ClaimedEntry {
-                fence: Fence::new(
-                    EntryId::new(to_u64(row.get(0))),
-                    owner.clone(),
-                    to_u64(row.get(1)),
-                ),
-                claims: to_u32(row.get(2)),
-                payload: row.get(3),
-                committed: row.get(4),
-            })
-            .collect();
-        claimed.sort_by_key(|entry| entry.fence.id());
-        let mut observations = self.shared.observations.lock();
-        for entry in &claimed {
-            observations.forget(entry.fence.id().get());
-        }
-        Ok(claimed)
+        claimed.extend(rows.iter().map(|row| ClaimedEntry {
+            fence: Fence::new(
+                EntryId::new(to_u64(row.get(0))),
+                owner.clone(),
+                to_u64(row.get(1)),
+            ),
+            claims: to_u32(row.get(2)),
+            payload: row.get(3),
+            committed: row.get(4),
+            attempts: to_u32(row.get(5)),
+            failures: row.get(6),
+            quarantined: None,
+        }));
+        Ok(self.forget_claimed(claimed))
+    }
+
+    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
+        let (client, statement) = self.prepared(|s| &s.start_attempt).await?;
+        let (id, owner, generation) = fence_params(fence);
+        let row = client
+            .query_opt(&statement, &[&id, &owner, &generation])
+            .await
+            .map_err(pg)?;
+        Ok(row.map_or(Attempt::Lost, |row| Attempt::Started {
+            number: to_u32(row.get(0)),
+        }))
+    }
+
+    async fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> Result<Ownership, ChangeLogError> {
+        let (client, statement) = self.prepared(|s| &s.record_failure).await?;
+        let (id, owner, generation) = fence_params(fence);
+        let reason = clip_failure(reason);
+        let kept = RECENT_FAILURES as i32;
+        let changed = client
+            .execute(&statement, &[&id, &owner, &generation, &reason, &kept])
+            .await
+            .map_err(pg)?;
+        Ok(held(changed))
     }
 
     async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
@@ -759,6 +900,8 @@ fn entry_info(row: &Row, observe: impl FnOnce(Seen) -> Duration) -> EntryInfo {
         },
         age,
         committed: row.get(7),
+        attempts: to_u32(row.get(8)),
+        failures: row.get(9),
     }
 }
 

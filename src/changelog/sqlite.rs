@@ -11,8 +11,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::staleness::{Observations, Seen};
 use super::{
-    Advanced, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState, Fence,
-    FencedCommitError, OwnerId, Ownership, Removal, to_i64, to_u64,
+    Advanced, Attempt, ChangeLog, ChangeLogError, ClaimedEntry, EntryId, EntryInfo, EntryState,
+    Fence, FencedCommitError, OwnerId, Ownership, RECENT_FAILURES, Removal, clip_failure, to_i64,
+    to_u64,
 };
 use crate::clock::Clock;
 use crate::sqlite::{self, Schema, Synchronous};
@@ -26,7 +27,9 @@ const BACKEND: &str = "sqlite";
 /// never match a later entry at the same generation.
 ///
 /// `beat` is the heartbeat counter that staleness is judged on; `committed`
-/// is set by a fenced commit in the commit's own transaction. The wall-clock
+/// is set by a fenced commit in the commit's own transaction; `attempts`
+/// counts cleanup attempts started, `failures` keeps the most recent
+/// failure reasons, one per line, oldest first. The wall-clock
 /// columns (`refreshed_ms`, `recorded_ms`) are for people reading the table;
 /// no decision reads them.
 const SCHEMA: Schema = Schema {
@@ -42,11 +45,15 @@ const SCHEMA: Schema = Schema {
                  quarantined TEXT,
                  payload BLOB NOT NULL,
                  beat INTEGER NOT NULL DEFAULT 0,
-                 committed INTEGER NOT NULL DEFAULT 0
+                 committed INTEGER NOT NULL DEFAULT 0,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 failures TEXT NOT NULL DEFAULT ''
              );",
     upgrades: &[
         "ALTER TABLE leasehold_changelog ADD COLUMN beat INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE leasehold_changelog ADD COLUMN committed INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE leasehold_changelog ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE leasehold_changelog ADD COLUMN failures TEXT NOT NULL DEFAULT '';
                  DROP INDEX IF EXISTS leasehold_changelog_claimable;",
     ],
     tables: &["leasehold_changelog"],
@@ -499,20 +506,27 @@ impl ChangeLog for SqliteChangeLog {
         }
         let owner = owner.clone();
         self.run(move |conn, shared| {
-            // A plain read (a WAL snapshot; it takes no write lock).
+            // A plain read (a WAL snapshot; it takes no write lock). A row
+            // whose counters cannot be used is read too, and quarantined
+            // below once stale, instead of failing the claim.
+            let mut broken = std::collections::HashMap::new();
             let rows = conn
                 .prepare_cached(
                     "SELECT id, generation, beat FROM leasehold_changelog
                      WHERE quarantined IS NULL",
                 )?
-                .query_map([], |row| {
-                    Ok(Seen {
-                        id: to_u64(row.get(0)?),
-                        generation: to_u64(row.get(1)?),
-                        beat: to_u64(row.get(2)?),
-                    })
-                })?
+                .query_map([], |row| Ok(Scanned::read(row)))?
                 .collect::<Result<Vec<_>, _>>()?;
+            let rows = rows
+                .into_iter()
+                .flatten()
+                .map(|scanned| {
+                    if let Some(reason) = scanned.broken {
+                        broken.insert(scanned.seen.id, reason);
+                    }
+                    scanned.seen
+                })
+                .collect();
             let stale = shared.observe_all(rows, max);
             if stale.is_empty() {
                 return Ok(Vec::new());
@@ -522,39 +536,12 @@ impl ChangeLog for SqliteChangeLog {
             // commit, another claimer) makes it match nothing.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut claimed = Vec::with_capacity(stale.len());
-            {
-                let mut stmt = tx.prepare_cached(
-                    "UPDATE leasehold_changelog
-                     SET owner = ?1, generation = generation + 1, claims = claims + 1,
-                         beat = beat + 1
-                     WHERE id = ?2 AND generation = ?3 AND beat = ?4 AND quarantined IS NULL
-                     RETURNING generation, claims, payload, committed",
-                )?;
-                for seen in &stale {
-                    let won = stmt
-                        .query_row(
-                            params![
-                                owner.as_str(),
-                                to_i64(seen.id),
-                                to_i64(seen.generation),
-                                to_i64(seen.beat)
-                            ],
-                            |row| {
-                                Ok(ClaimedEntry {
-                                    fence: Fence::new(
-                                        EntryId::new(seen.id),
-                                        owner.clone(),
-                                        to_u64(row.get(0)?),
-                                    ),
-                                    claims: to_u32(row.get(1)?),
-                                    payload: row.get(2)?,
-                                    committed: row.get(3)?,
-                                })
-                            },
-                        )
-                        .optional()?;
-                    claimed.extend(won);
-                }
+            for seen in &stale {
+                let won = match broken.get(&seen.id) {
+                    Some(reason) => quarantine_unusable(&tx, &owner, seen, reason)?,
+                    None => claim_one(&tx, &owner, seen)?,
+                };
+                claimed.extend(won);
             }
             tx.commit()?;
             let mut observations = shared.observations.lock();
@@ -612,6 +599,57 @@ impl ChangeLog for SqliteChangeLog {
         .await
     }
 
+    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
+        let fence = fence.clone();
+        let sql = format!(
+            "UPDATE leasehold_changelog
+             SET attempts = attempts + 1, beat = beat + 1, refreshed_ms = {WALL_MS}
+             WHERE id = ?1 AND owner = ?2 AND generation = ?3 AND quarantined IS NULL
+             RETURNING attempts"
+        );
+        self.run(move |conn, _| {
+            let number = conn
+                .prepare_cached(&sql)?
+                .query_row(fence_params(&fence), |row| row.get::<_, i64>(0))
+                .optional()?;
+            Ok(number.map_or(Attempt::Lost, |n| Attempt::Started { number: to_u32(n) }))
+        })
+        .await
+    }
+
+    async fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> Result<Ownership, ChangeLogError> {
+        let fence = fence.clone();
+        let reason = clip_failure(reason);
+        self.run(move |conn, _| {
+            // Read, append, trim and write under the write lock.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let failures = tx
+                .prepare_cached(
+                    "SELECT failures FROM leasehold_changelog
+                     WHERE id = ?1 AND owner = ?2 AND generation = ?3 AND quarantined IS NULL",
+                )?
+                .query_row(fence_params(&fence), |row| {
+                    Ok(split_failures(&text_lossy(row.get_ref(0)?)))
+                })
+                .optional()?;
+            let Some(mut failures) = failures else {
+                return Ok(Ownership::Lost);
+            };
+            failures.push(reason);
+            let excess = failures.len().saturating_sub(RECENT_FAILURES);
+            failures.drain(..excess);
+            tx.prepare_cached("UPDATE leasehold_changelog SET failures = ?2 WHERE id = ?1")?
+                .execute(params![to_i64(fence.id().get()), failures.join("\n")])?;
+            tx.commit()?;
+            Ok(Ownership::Held)
+        })
+        .await
+    }
+
     fn next_stale_in(&self) -> Option<Duration> {
         let now = self.shared.clock.now();
         self.shared
@@ -657,10 +695,198 @@ impl ChangeLog for SqliteChangeLog {
 }
 
 const SELECT_INFO: &str =
-    "SELECT id, owner, generation, claims, payload, quarantined, beat, committed
+    "SELECT id, owner, generation, claims, payload, quarantined, beat, committed, attempts, failures
      FROM leasehold_changelog";
 
-/// One row of [`SELECT_INFO`].
+/// One row of the claim's scan: what staleness is judged on, and why the row
+/// cannot be claimed normally, if it cannot. `None` for a row without
+/// usable counters at all (never claimed, never fatal).
+struct Scanned {
+    seen: Seen,
+    broken: Option<String>,
+}
+
+impl Scanned {
+    fn read(row: &rusqlite::Row<'_>) -> Option<Scanned> {
+        let id = row.get_ref(0).ok()?.as_i64().ok()?;
+        let generation = row.get_ref(1).ok()?.as_i64().ok()?;
+        let beat = row.get_ref(2).ok()?.as_i64().ok()?;
+        // The claim increments both: a value at the top of the range (or
+        // below the bottom) would fail the whole claim's transaction.
+        let broken = if !(1..i64::MAX).contains(&generation) {
+            Some(format!(
+                "undecodable row: generation {generation} is out of range"
+            ))
+        } else if !(0..i64::MAX).contains(&beat) {
+            Some(format!("undecodable row: beat {beat} is out of range"))
+        } else {
+            None
+        };
+        Some(Scanned {
+            // Bit casts: an out-of-range value still identifies what was seen.
+            seen: Seen {
+                id: id as u64,
+                generation: generation as u64,
+                beat: beat as u64,
+            },
+            broken,
+        })
+    }
+}
+
+/// Re-owns one stale entry, conditional on the triple `seen`; a row whose
+/// other columns do not decode is quarantined in the same transaction.
+fn claim_one(
+    tx: &rusqlite::Transaction<'_>,
+    owner: &OwnerId,
+    seen: &Seen,
+) -> rusqlite::Result<Option<ClaimedEntry>> {
+    let won = tx
+        .prepare_cached(
+            "UPDATE leasehold_changelog
+             SET owner = ?1, generation = generation + 1, claims = claims + 1, beat = beat + 1
+             WHERE id = ?2 AND generation = ?3 AND beat = ?4 AND quarantined IS NULL
+             RETURNING generation, claims, payload, committed, attempts, failures",
+        )?
+        .query_row(
+            params![
+                owner.as_str(),
+                to_i64(seen.id),
+                to_i64(seen.generation),
+                to_i64(seen.beat)
+            ],
+            |row| {
+                let generation = to_u64(row.get(0)?);
+                let fence = Fence::new(EntryId::new(seen.id), owner.clone(), generation);
+                Ok(decode_claimed(row).map_or_else(
+                    |reason| (fence.clone(), Err(reason)),
+                    |entry| (fence.clone(), Ok(entry)),
+                ))
+            },
+        )
+        .optional()?;
+    let Some((fence, decoded)) = won else {
+        return Ok(None);
+    };
+    Ok(Some(match decoded {
+        Ok((claims, payload, committed, attempts, failures)) => ClaimedEntry {
+            fence,
+            payload,
+            claims,
+            committed,
+            attempts,
+            failures,
+            quarantined: None,
+        },
+        Err(reason) => {
+            tx.prepare_cached(
+                "UPDATE leasehold_changelog SET quarantined = ?4
+                 WHERE id = ?1 AND owner = ?2 AND generation = ?3",
+            )?
+            .execute(params![
+                to_i64(fence.id().get()),
+                fence.owner().as_str(),
+                to_i64(fence.generation()),
+                reason
+            ])?;
+            unusable(fence, reason)
+        }
+    }))
+}
+
+/// The columns of a claimed row after its fence, or why they do not decode.
+type Decoded = (u32, Vec<u8>, bool, u32, Vec<String>);
+
+fn decode_claimed(row: &rusqlite::Row<'_>) -> Result<Decoded, String> {
+    let cell = |i: usize| {
+        row.get_ref(i)
+            .map_err(|e| format!("undecodable row: column {i}: {e}"))
+    };
+    let int = |i: usize, name: &str| {
+        cell(i)?
+            .as_i64()
+            .map_err(|_| format!("undecodable row: {name} is not an integer"))
+    };
+    let payload = match cell(2)? {
+        rusqlite::types::ValueRef::Blob(bytes) => bytes.to_vec(),
+        other => {
+            return Err(format!(
+                "undecodable row: the payload is {:?}, not a BLOB",
+                other.data_type()
+            ));
+        }
+    };
+    Ok((
+        to_u32(int(1, "claims")?),
+        payload,
+        int(3, "committed")? != 0,
+        to_u32(int(4, "attempts")?),
+        split_failures(&text_lossy(cell(5)?)),
+    ))
+}
+
+/// Quarantines a stale row whose counters cannot be incremented, as
+/// `owner`, conditional on the triple `seen` (like a claim).
+fn quarantine_unusable(
+    tx: &rusqlite::Transaction<'_>,
+    owner: &OwnerId,
+    seen: &Seen,
+    reason: &str,
+) -> rusqlite::Result<Option<ClaimedEntry>> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE leasehold_changelog SET owner = ?1, quarantined = ?5
+             WHERE id = ?2 AND generation = ?3 AND beat = ?4 AND quarantined IS NULL",
+        )?
+        .execute(params![
+            owner.as_str(),
+            seen.id as i64,
+            seen.generation as i64,
+            seen.beat as i64,
+            reason
+        ])?;
+    Ok((changed == 1).then(|| {
+        let fence = Fence::new(EntryId::new(seen.id), owner.clone(), seen.generation);
+        unusable(fence, reason.to_owned())
+    }))
+}
+
+/// What a claim reports for a row it quarantined as undecodable.
+fn unusable(fence: Fence, reason: String) -> ClaimedEntry {
+    ClaimedEntry {
+        fence,
+        payload: Vec::new(),
+        claims: 0,
+        committed: false,
+        attempts: 0,
+        failures: Vec::new(),
+        quarantined: Some(reason),
+    }
+}
+
+/// A TEXT cell as a string; anything else (a BLOB, a number) rendered.
+fn text_lossy(value: rusqlite::types::ValueRef<'_>) -> String {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(x) => x.to_string(),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    }
+}
+
+/// The `failures` column: one reason per line.
+fn split_failures(column: &str) -> Vec<String> {
+    if column.is_empty() {
+        return Vec::new();
+    }
+    column.split('\n').map(str::to_owned).collect()
+}
+
+/// One row of [`SELECT_INFO`], read without failing: a cell of the wrong
+/// type reads as its best rendering (a listing never fails on one row).
 struct Row {
     seen: Seen,
     owner: String,
@@ -668,21 +894,33 @@ struct Row {
     payload: Vec<u8>,
     quarantined: Option<String>,
     committed: bool,
+    attempts: i64,
+    failures: Vec<String>,
 }
 
 impl Row {
     fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        use rusqlite::types::ValueRef;
+        let int = |i: usize| row.get_ref(i).map(|v| v.as_i64().unwrap_or(0));
         Ok(Row {
             seen: Seen {
-                id: to_u64(row.get(0)?),
-                generation: to_u64(row.get(2)?),
-                beat: to_u64(row.get(6)?),
+                id: to_u64(int(0)?),
+                generation: to_u64(int(2)?),
+                beat: to_u64(int(6)?),
             },
-            owner: row.get(1)?,
-            claims: row.get(3)?,
-            payload: row.get(4)?,
-            quarantined: row.get(5)?,
-            committed: row.get(7)?,
+            owner: text_lossy(row.get_ref(1)?),
+            claims: int(3)?,
+            payload: match row.get_ref(4)? {
+                ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            },
+            quarantined: match row.get_ref(5)? {
+                ValueRef::Null => None,
+                other => Some(text_lossy(other)),
+            },
+            committed: int(7)? != 0,
+            attempts: int(8)?,
+            failures: split_failures(&text_lossy(row.get_ref(9)?)),
         })
     }
 
@@ -710,6 +948,8 @@ impl Row {
             },
             age,
             committed: self.committed,
+            attempts: to_u32(self.attempts),
+            failures: self.failures,
         }
     }
 }

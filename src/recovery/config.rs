@@ -10,10 +10,10 @@ use crate::heartbeat::HeartbeatConfig;
 
 /// How a [`RecoveryLoop`](super::RecoveryLoop) claims, waits and gives up.
 ///
-/// Build it with [`RecoveryConfig::builder`]; the defaults follow the issue
-/// that specified the loop: batches of 100, 1 s idle wait, error backoff
-/// 100 ms × 1.5 capped at 30 s, three cleanup attempts per claim, quarantine
-/// after five claims.
+/// Build it with [`RecoveryConfig::builder`]. The defaults: batches of 100,
+/// 1 s idle wait, error backoff 100 ms × 1.5 capped at 30 s, three cleanup
+/// attempts per entry (counted in the log, across claims and recoverers),
+/// each abandoned after four times the log's staleness threshold.
 #[derive(Clone)]
 pub struct RecoveryConfig {
     pub(super) batch_size: usize,
@@ -22,7 +22,7 @@ pub struct RecoveryConfig {
     pub(super) backoff_factor: f64,
     pub(super) backoff_max: Duration,
     pub(super) cleanup_attempts: u32,
-    pub(super) max_claims: u32,
+    pub(super) cleanup_deadline: Option<Duration>,
     pub(super) heartbeat_interval: Option<Duration>,
     pub(super) clock: Arc<dyn Clock>,
 }
@@ -38,7 +38,7 @@ impl RecoveryConfig {
                 backoff_factor: 1.5,
                 backoff_max: Duration::from_secs(30),
                 cleanup_attempts: 3,
-                max_claims: 5,
+                cleanup_deadline: None,
                 heartbeat_interval: None,
                 clock: clock::system(),
             },
@@ -53,6 +53,54 @@ impl RecoveryConfig {
     /// The wait after a poll that found nothing stale.
     pub fn idle_wait(&self) -> Duration {
         self.idle_wait
+    }
+
+    /// Cleanup attempts per entry before it is quarantined.
+    pub fn cleanup_attempts(&self) -> u32 {
+        self.cleanup_attempts
+    }
+
+    /// The per-attempt cleanup deadline for a log whose staleness threshold
+    /// is `staleness`: as set, or 4 × `staleness`.
+    ///
+    /// # Errors
+    ///
+    /// [`RecoveryConfigError::CleanupDeadlineTooShort`] if the deadline set
+    /// is shorter than `staleness`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leasehold::recovery::{RecoveryConfig, RecoveryConfigError};
+    ///
+    /// let s = Duration::from_secs(30);
+    /// let default = RecoveryConfig::builder().build().unwrap();
+    /// assert_eq!(default.cleanup_deadline_for(s), Ok(4 * s));
+    ///
+    /// let short = RecoveryConfig::builder()
+    ///     .cleanup_deadline(Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(matches!(
+    ///     short.cleanup_deadline_for(s),
+    ///     Err(RecoveryConfigError::CleanupDeadlineTooShort { .. })
+    /// ));
+    /// ```
+    pub fn cleanup_deadline_for(
+        &self,
+        staleness: Duration,
+    ) -> Result<Duration, RecoveryConfigError> {
+        let deadline = self
+            .cleanup_deadline
+            .unwrap_or_else(|| staleness.saturating_mul(4));
+        if deadline < staleness {
+            return Err(RecoveryConfigError::CleanupDeadlineTooShort {
+                deadline,
+                staleness,
+            });
+        }
+        Ok(deadline)
     }
 
     /// The heartbeat that keeps a claimed batch alive, for a log whose
@@ -91,7 +139,7 @@ impl fmt::Debug for RecoveryConfig {
             .field("backoff_factor", &self.backoff_factor)
             .field("backoff_max", &self.backoff_max)
             .field("cleanup_attempts", &self.cleanup_attempts)
-            .field("max_claims", &self.max_claims)
+            .field("cleanup_deadline", &self.cleanup_deadline)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("clock", &self.clock)
             .finish()
@@ -131,17 +179,33 @@ impl RecoveryConfigBuilder {
         self
     }
 
-    /// Cleanup attempts per claimed entry before it is quarantined (default
-    /// 3); attempts are spaced by the backoff.
+    /// Cleanup attempts per entry before it is quarantined (default 3).
+    ///
+    /// Attempts are counted in the log
+    /// ([`start_attempt`](crate::changelog::ChangeLog::start_attempt)), by
+    /// every recoverer and across claims, and only when an attempt actually
+    /// starts: an entry whose recoverers died before trying it is charged
+    /// nothing, one whose cleanup fails, panics, overruns its deadline or
+    /// kills its recoverer is charged each time. Failed attempts within one
+    /// claim are spaced by the backoff.
     pub fn cleanup_attempts(mut self, attempts: u32) -> Self {
         self.config.cleanup_attempts = attempts;
         self
     }
 
-    /// An entry claimed more often than this is quarantined without another
-    /// cleanup (default 5): its recoverers keep dying on it.
-    pub fn max_claims(mut self, max_claims: u32) -> Self {
-        self.config.max_claims = max_claims;
+    /// How long one cleanup attempt may run (default: 4 × the log's
+    /// staleness threshold; at least that threshold). An attempt still
+    /// running at its deadline is abandoned (its future dropped), counted
+    /// as a failed attempt, and its entry is no longer kept alive, so it
+    /// goes stale and is retried by whichever recoverer claims it next.
+    ///
+    /// Dropping the future stops an async cleanup at its next await point;
+    /// a cleanup that blocks its thread cannot be stopped and runs on, so it
+    /// may overlap the next attempt (which the cleanup's idempotence must
+    /// allow anyway). The deadline must be at least the log's staleness
+    /// threshold ([`RecoveryConfig::cleanup_deadline_for`]).
+    pub fn cleanup_deadline(mut self, deadline: Duration) -> Self {
+        self.config.cleanup_deadline = Some(deadline);
         self
     }
 
@@ -216,5 +280,10 @@ impl Backoff {
 
     pub(super) fn reset(&mut self) {
         self.next = self.initial;
+    }
+
+    /// Jumps to the longest wait: retrying soon cannot help.
+    pub(super) fn exhaust(&mut self) {
+        self.next = self.max;
     }
 }

@@ -17,7 +17,7 @@
 //! |---|---|
 //! | [`RecoveryLoop`] | the loop: claim, keep alive, clean up, remove; backoff, idle wait, shutdown |
 //! | [`RecoveryConfig`] | batch size, waits, backoff, attempts before quarantine |
-//! | [`RecoveryStats`], [`QuarantineReport`] | what it did, and which poison entries it parked |
+//! | [`RecoveryStats`], [`QuarantineReport`], [`RecoveryError`] | what it did, which poison entries it parked, what went wrong |
 //!
 //! Differences from the reference design this replaces:
 //!
@@ -27,9 +27,17 @@
 //! - *Every* claimed entry of a batch is kept alive until processed, not only
 //!   the one being cleaned: the rest of a batch of 100 does not go stale and
 //!   get recovered a second time elsewhere.
-//! - Entries whose payload cannot be decoded, whose cleanup keeps failing, or
-//!   that keep getting claimed are quarantined and reported instead of
-//!   retried forever in front of the healthy ones.
+//! - Recovery never stops for one entry. Every cleanup attempt has a
+//!   deadline and runs as its own task, so a hung attempt is abandoned and a
+//!   panic is contained; attempts are counted in the log, per entry and
+//!   only when one actually starts, so an entry whose cleanup keeps failing
+//!   (or keeps killing its recoverers) is quarantined with the reasons of
+//!   its recent failures, while healthy entries whose recoverers crashed
+//!   for other reasons are not; rows the store cannot decode are
+//!   quarantined by the claim itself.
+//! - Every claimed entry ends in exactly one counted outcome (cleaned,
+//!   quarantined, lost, released), and errors are reported typed
+//!   ([`RecoveryError`]), with their source chain.
 //! - The loop backs off on errors, waits when idle, re-polls at once after
 //!   work, and can be shut down and awaited.
 //!
@@ -51,10 +59,11 @@
 
 mod config;
 mod error;
+mod events;
 mod recovery_loop;
 mod scan;
 
 pub use config::{RecoveryConfig, RecoveryConfigBuilder};
-pub use error::RecoveryConfigError;
-pub use recovery_loop::{QuarantineReport, RecoveryLoop, RecoveryStats};
+pub use error::{RecoveryConfigError, RecoveryError};
+pub use recovery_loop::{QuarantineReport, REPORTS_KEPT, RecoveryLoop, RecoveryStats};
 pub use scan::*;

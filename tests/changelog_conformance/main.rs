@@ -39,7 +39,10 @@ macro_rules! conformance {
                 a_fenced_commit_after_remove_or_quarantine_is_refused,
                 a_claim_reports_whether_the_fenced_commit_landed,
                 advance_moves_the_entry_on_and_refuses_the_old_fence,
-                fenced_commits_racing_claims_exactly_one_side_wins_each_entry
+                fenced_commits_racing_claims_exactly_one_side_wins_each_entry,
+                attempts_are_counted_per_entry_across_claims_not_per_claim,
+                starting_an_attempt_counts_as_a_refresh,
+                recent_failure_reasons_are_kept_bounded_for_the_owner_only
             );
         }
     };

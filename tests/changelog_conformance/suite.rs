@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use leasehold::changelog::{
-    Advanced, ChangeLog, EntryId, EntryState, Fence, FencedCommitError, OwnerId, Ownership, Removal,
+    Advanced, Attempt, ChangeLog, EntryId, EntryState, Fence, FencedCommitError, MAX_FAILURE_LEN,
+    OwnerId, Ownership, RECENT_FAILURES, Removal,
 };
 
 use crate::Fixture;
@@ -517,4 +518,100 @@ pub async fn fenced_commits_racing_claims_exactly_one_side_wins_each_entry<F: Fi
         assert!(!markers.contains(&format!("{:04}", id.get())));
     }
     assert_eq!(claimed.len(), claimed_ids.len(), "each entry claimed once");
+}
+
+pub async fn attempts_are_counted_per_entry_across_claims_not_per_claim<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    let bystander = log.record(&owner("w"), vec![]).await.unwrap();
+    assert_eq!(
+        log.start_attempt(&fence).await.unwrap(),
+        Attempt::Started { number: 1 }
+    );
+    // Claims alone charge nothing: recoverers that died before trying.
+    for round in 0..3 {
+        fx.advance(STALENESS).await;
+        let claimed = log
+            .claim_stale(&owner(&format!("r{round}")), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        let mine = claimed.iter().find(|c| c.fence.id() == fence.id()).unwrap();
+        let other = claimed
+            .iter()
+            .find(|c| c.fence.id() == bystander.id())
+            .unwrap();
+        assert_eq!((mine.attempts, other.attempts), (1, 0));
+    }
+    fx.advance(STALENESS).await;
+    let claimed = log.claim_stale(&owner("last"), 10).await.unwrap();
+    let mine = claimed.iter().find(|c| c.fence.id() == fence.id()).unwrap();
+    assert_eq!(
+        log.start_attempt(&mine.fence).await.unwrap(),
+        Attempt::Started { number: 2 }
+    );
+    // A fenced-out owner counts nothing.
+    assert_eq!(log.start_attempt(&fence).await.unwrap(), Attempt::Lost);
+    let other = fx.handle().await;
+    let info = other.get(fence.id()).await.unwrap().unwrap();
+    assert_eq!(info.attempts, 2);
+    assert_eq!(
+        other.get(bystander.id()).await.unwrap().unwrap().attempts,
+        0
+    );
+}
+
+pub async fn starting_an_attempt_counts_as_a_refresh<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    fx.advance(STALENESS / 2).await;
+    log.start_attempt(&fence).await.unwrap();
+    fx.advance(STALENESS / 2 + Duration::from_secs(1)).await;
+    assert!(log.claim_stale(&owner("r"), 10).await.unwrap().is_empty());
+}
+
+pub async fn recent_failure_reasons_are_kept_bounded_for_the_owner_only<F: Fixture>() {
+    let fx = F::new(STALENESS).await;
+    let log = fx.handle().await;
+    let fence = log.record(&owner("w"), vec![]).await.unwrap();
+    for i in 0..RECENT_FAILURES + 2 {
+        let reason = format!("failure {i}\nsecond line");
+        assert_eq!(
+            log.record_failure(&fence, &reason).await.unwrap(),
+            Ownership::Held
+        );
+    }
+    let long = "é".repeat(MAX_FAILURE_LEN);
+    log.record_failure(&fence, &long).await.unwrap();
+    let info = fx.handle().await.get(fence.id()).await.unwrap().unwrap();
+    assert_eq!(info.failures.len(), RECENT_FAILURES);
+    // The most recent, oldest first, each on one line and bounded.
+    assert_eq!(info.failures[0], "failure 3 second line");
+    assert_eq!(info.failures[RECENT_FAILURES - 2], "failure 6 second line");
+    let last = &info.failures[RECENT_FAILURES - 1];
+    assert!(last.len() <= MAX_FAILURE_LEN && long.starts_with(last.as_str()));
+    // A claimer sees them; the previous owner can no longer add any.
+    fx.advance(STALENESS).await;
+    let claimed = log.claim_stale(&owner("r"), 10).await.unwrap();
+    assert_eq!(claimed[0].failures, info.failures);
+    assert_eq!(claimed[0].quarantined, None);
+    assert_eq!(
+        log.record_failure(&fence, "late").await.unwrap(),
+        Ownership::Lost
+    );
+    // A quarantined entry takes neither attempts nor failures.
+    log.quarantine(&claimed[0].fence, "parked").await.unwrap();
+    assert_eq!(
+        log.start_attempt(&claimed[0].fence).await.unwrap(),
+        Attempt::Lost
+    );
+    assert_eq!(
+        log.record_failure(&claimed[0].fence, "late").await.unwrap(),
+        Ownership::Lost
+    );
+    let info = log.get(fence.id()).await.unwrap().unwrap();
+    assert_eq!(info.failures, claimed[0].failures);
+    assert_eq!(info.attempts, 0);
 }

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold::changelog::{
-    Advanced, BoxError, ChangeLog, ChangeLogError, ClaimedEntry, Cleanup, DecodeError, EntryId,
-    EntryInfo, Fence, FieldReader, FieldWriter, MemoryChangeLog, OwnerId, Ownership, Payload,
-    Phase, Removal,
+    Advanced, Attempt, BoxError, ChangeLog, ChangeLogError, ClaimedEntry, Cleanup, DecodeError,
+    EntryId, EntryInfo, Fence, FieldReader, FieldWriter, MemoryChangeLog, OwnerId, Ownership,
+    Payload, Phase, Removal,
 };
 
 /// A `MemoryChangeLog` whose refreshes can be made to hang (a stuck
@@ -21,6 +21,8 @@ pub struct FaultyLog {
     pub inner: MemoryChangeLog,
     pub stall_refresh: Arc<AtomicBool>,
     pub failing_claims: Arc<AtomicUsize>,
+    /// Claims fail with a permanent error while set.
+    pub broken_schema: Arc<AtomicBool>,
     pub claim_times: Arc<Mutex<Vec<tokio::time::Instant>>>,
 }
 
@@ -30,6 +32,7 @@ impl FaultyLog {
             inner,
             stall_refresh: Arc::new(AtomicBool::new(false)),
             failing_claims: Arc::new(AtomicUsize::new(0)),
+            broken_schema: Arc::new(AtomicBool::new(false)),
             claim_times: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -75,6 +78,12 @@ impl ChangeLog for FaultyLog {
         if fail {
             return Err(ChangeLogError::Busy { backend: "faulty" });
         }
+        if self.broken_schema.load(Ordering::SeqCst) {
+            return Err(ChangeLogError::SchemaTooNew {
+                found: 99,
+                supported: 2,
+            });
+        }
         self.inner.claim_stale(owner, max).await
     }
 
@@ -84,6 +93,18 @@ impl ChangeLog for FaultyLog {
 
     async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
         self.inner.advance(fence).await
+    }
+
+    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
+        self.inner.start_attempt(fence).await
+    }
+
+    async fn record_failure(
+        &self,
+        fence: &Fence,
+        reason: &str,
+    ) -> Result<Ownership, ChangeLogError> {
+        self.inner.record_failure(fence, reason).await
     }
 
     async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
