@@ -17,6 +17,7 @@
 //! |---|---|
 //! | a lease on your store | implement [`LeaseBackend`] (heartbeat-with-downgrade, expire) and [`Lease::spawn`] |
 //! | a store to test against | [`MemoryShard`] (tracks readers, expires stale ones, computes the shard's since and GC horizon) |
+//! | a since that is only partially ordered (a product timestamp, an antichain) | implement [`Since`] (`less_equal`, `join`, `meet`); totally ordered types already are one |
 //!
 //! # Differences from the field
 //!
