@@ -24,9 +24,28 @@ use super::error::BackendError;
 use crate::clock::Clock;
 use crate::sync::Mutex;
 
-/// Identifies a reader registered with a [`MemoryShard`].
+/// Identifies a reader registered with a shard ([`MemoryShard`], or a
+/// durable lease table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReaderId(u64);
+
+impl ReaderId {
+    /// Wraps a store-assigned id (for backend implementations).
+    pub const fn new(id: u64) -> Self {
+        ReaderId(id)
+    }
+
+    /// The numeric id.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ReaderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reader {}", self.0)
+    }
+}
 
 /// What the shard knows about one reader, from [`MemoryShard::reader`].
 #[derive(Debug, Clone, PartialEq, Eq)]

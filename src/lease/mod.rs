@@ -75,14 +75,22 @@ mod config;
 mod error;
 mod handle;
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod state;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod table;
 mod task;
 
 pub use backend::{HeartbeatReply, LeaseBackend, Seqno, Since};
 pub use config::{HEARTBEATS_PER_TTL, LeaseConfig, LeaseConfigBuilder};
-pub use error::{BackendError, ConfigError, LeaseError};
+pub use error::{BackendError, ConfigError, FencedReadError, LeaseError, LeaseTableError};
 pub use handle::{Lease, LeaseStats, SeqnoLease};
 pub use memory::{MemoryReader, MemoryShard, ReaderId, ReaderState, ShardStats};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteLeaseReader, SqliteLeaseTable, SqliteLeaseTableBuilder};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use table::{ReaderFence, ReaderRow, TableSince};
 
 #[cfg(loom)]
 #[doc(hidden)]
