@@ -20,10 +20,16 @@
 //!
 //! ```text
 //! lease_gc [demo] [--dir D | --postgres URL] [--readers 4] [--seconds 30] [--ttl-ms 1000]
-//!                 [--timeout-s 300] [--seed S]
+//!                 [--timeout-s 300] [--seed S] [--unfenced]
 //! lease_gc compactor --db PATH | --postgres URL --pg-schema S  [--ttl-ms 1000]
 //! lease_gc reader    --db PATH | --postgres URL --pg-schema S  [--ttl-ms 1000] [--seed S]
+//!                    [--unfenced]
 //! ```
+//!
+//! `--unfenced` makes the readers read without the store's fence, trusting
+//! only what their lease task last learnt ([`Lease::ended`]): the run that
+//! shows what the fence is for (a resumed reader reads before its task has
+//! heard that the lease is gone, and finds its version deleted).
 //!
 //! The demo runs one compactor and `--readers` reader processes, and every
 //! second or so SIGKILLs a reader (and starts a new one) or SIGSTOPs one for
@@ -171,6 +177,26 @@ impl Store {
         }
     }
 
+    /// Reads version `seqno` without asking the lease table: what a reader
+    /// that trusts its lease task's last word does (`--unfenced`).
+    async fn read_unfenced(&self, seqno: u64) -> Result<Option<String>, BoxError> {
+        match self {
+            Store::Sqlite { path, .. } => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || -> Result<Option<String>, BoxError> {
+                    Ok(sqlite_conn(&path)?
+                        .query_row(
+                            "SELECT value FROM lease_gc_versions WHERE seqno = ?1",
+                            [i64::try_from(seqno)?],
+                            |row| row.get(0),
+                        )
+                        .optional()?)
+                })
+                .await?
+            }
+        }
+    }
+
     /// Whether version `seqno` still exists (an unfenced look, for the report).
     async fn version_exists(&self, seqno: u64) -> Result<bool, BoxError> {
         match self {
@@ -311,6 +337,7 @@ async fn run_reader(args: &Args) -> Result<(), BoxError> {
     let config = LeaseConfig::builder(ttl).build()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.num("seed", rand::random()));
     let parent = parent_pid();
+    let unfenced = args.flag("unfenced");
     loop {
         let (backend, since, seqno) = store.register().await?;
         let fence = match &backend {
@@ -336,12 +363,19 @@ async fn run_reader(args: &Args) -> Result<(), BoxError> {
             let pinned = *pin.seqno();
             let hold = Duration::from_millis(rng.random_range(100..600));
             let started = Instant::now();
-            while started.elapsed() < hold {
+            // Read, then check the time: a snapshot ends with a read made
+            // after its last pause (a freeze included).
+            loop {
                 if let Some(LeaseError::Lost | LeaseError::TimedOut) = lease.ended() {
                     refused(&store, id, "heartbeat", pinned).await;
                     break 'snapshots;
                 }
-                match store.read_fenced(fence, pinned).await {
+                let read = if unfenced {
+                    store.read_unfenced(pinned).await.map_err(Read::Failed)
+                } else {
+                    store.read_fenced(fence, pinned).await
+                };
+                match read {
                     Ok(Some(_)) => reads += 1,
                     Ok(None) => println!("deleted-read reader={id} seqno={pinned}"),
                     Err(Read::Lost) => {
@@ -349,6 +383,9 @@ async fn run_reader(args: &Args) -> Result<(), BoxError> {
                         break 'snapshots;
                     }
                     Err(Read::Failed(error)) => eprintln!("reader {id}: {error}"),
+                }
+                if started.elapsed() >= hold {
+                    break;
                 }
                 tokio::time::sleep(READ_EVERY).await;
             }
@@ -512,11 +549,17 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
     );
     let mut child_args = store.child_args();
     child_args.extend(["--ttl-ms".into(), ttl_ms.to_string()]);
+    let mut reader_flags = Vec::new();
+    if args.flag("unfenced") {
+        println!("  --unfenced: readers read without the store's fence (expect deleted reads)");
+        reader_flags.push("--unfenced".to_owned());
+    }
     let (said_tx, mut said) = mpsc::unbounded_channel();
     let mut compactor = spawn_role("compactor", &child_args, usize::MAX, &said_tx)?;
     let mut slots: Vec<Slot> = (0..readers)
         .map(|slot| {
             let mut reader_args = child_args.clone();
+            reader_args.extend(reader_flags.iter().cloned());
             reader_args.extend(["--seed".into(), rng.random::<u64>().to_string()]);
             Ok::<_, BoxError>(Slot {
                 child: spawn_role("reader", &reader_args, slot, &said_tx)?,
@@ -620,6 +663,7 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
                     }
                     let _ = s.child.wait().await;
                     let mut reader_args = child_args.clone();
+                    reader_args.extend(reader_flags.iter().cloned());
                     reader_args.extend(["--seed".into(), rng.random::<u64>().to_string()]);
                     s.child = spawn_role("reader", &reader_args, victim, &said_tx)?;
                 } else {
@@ -784,6 +828,10 @@ impl Args {
         self.values.get(key).map(String::as_str)
     }
 
+    fn flag(&self, key: &str) -> bool {
+        self.flags.contains(key)
+    }
+
     fn num<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
         self.get(key)
             .and_then(|v| v.parse().ok())
@@ -804,7 +852,6 @@ fn main() -> ExitCode {
         _ => ("demo".to_owned(), &raw[..]),
     };
     let args = Args::parse(rest);
-    let _ = &args.flags;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -6,7 +6,8 @@
 //! one heartbeat period (plus the compactor's scan and a scheduling
 //! allowance); every reader expired while frozen refused after it resumed,
 //! and registered again as a new reader; every version at or above the
-//! horizon present.
+//! horizon present. And the same run with readers that skip the fence
+//! must be caught reading deleted versions.
 #![cfg(all(feature = "sqlite", unix))]
 
 #[cfg(feature = "postgres")]
@@ -108,4 +109,29 @@ fn sqlite_readers_killed_and_frozen_never_read_deleted_versions() {
         Duration::from_secs(180),
     );
     check(success, &verify, &output);
+}
+
+/// The same run with readers that skip the store's fence (trusting only
+/// their lease task's last word): a resumed reader reads before its task has
+/// heard that the lease is gone. The torture must catch it.
+#[test]
+fn sqlite_unfenced_readers_are_caught_reading_deleted_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let (success, verify, output) = run_demo(
+        &[
+            "demo",
+            "--dir",
+            dir_arg,
+            "--readers",
+            "3",
+            "--seconds",
+            "15",
+            "--unfenced",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(verify["deleted_reads"] >= 1, "{output}");
+    assert!(verify["violations"] >= 1, "{output}");
+    assert!(!success, "a violation must fail the exit status:\n{output}");
 }
