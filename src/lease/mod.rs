@@ -75,6 +75,8 @@ mod config;
 mod error;
 mod handle;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod state;
@@ -87,6 +89,8 @@ pub use config::{HEARTBEATS_PER_TTL, LeaseConfig, LeaseConfigBuilder};
 pub use error::{BackendError, ConfigError, FencedReadError, LeaseError, LeaseTableError};
 pub use handle::{Lease, LeaseStats, SeqnoLease};
 pub use memory::{MemoryReader, MemoryShard, ReaderId, ReaderState, ShardStats};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresLeaseReader, PostgresLeaseTable, PostgresLeaseTableBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteLeaseReader, SqliteLeaseTable, SqliteLeaseTableBuilder};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
