@@ -85,10 +85,27 @@ enum Store {
         table: SqliteLeaseTable<u64>,
         path: PathBuf,
     },
+    #[cfg(feature = "postgres")]
+    Postgres {
+        table: leasehold::lease::PostgresLeaseTable<u64>,
+        /// `"schema".lease_gc_versions`.
+        versions: String,
+        url: String,
+        schema: String,
+    },
 }
 
 impl Store {
     async fn open(args: &Args, staleness: Duration) -> Result<Store, BoxError> {
+        if let Some(url) = args.get("postgres") {
+            #[cfg(feature = "postgres")]
+            return Self::open_postgres(url, args, staleness).await;
+            #[cfg(not(feature = "postgres"))]
+            return Err(format!(
+                "--postgres {url:?}: this build has no PostgreSQL (build with --features postgres)"
+            )
+            .into());
+        }
         let path = match args.get("db") {
             Some(db) => PathBuf::from(db),
             None => args.dir()?.join("shard.db"),
@@ -107,9 +124,38 @@ impl Store {
         Ok(Store::Sqlite { table, path })
     }
 
+    #[cfg(feature = "postgres")]
+    async fn open_postgres(url: &str, args: &Args, staleness: Duration) -> Result<Store, BoxError> {
+        let schema = args
+            .get("pg-schema")
+            .map_or_else(|| format!("lease_gc_{}", std::process::id()), str::to_owned);
+        let table = leasehold::lease::PostgresLeaseTable::<u64>::builder(url, SHARD)
+            .schema(schema.clone())
+            .staleness(staleness)
+            .open(0, 0)
+            .await?;
+        let versions = format!("\"{schema}\".lease_gc_versions");
+        table
+            .client()
+            .await?
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {versions} (seqno BIGINT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO {versions} VALUES (0, 'v0') ON CONFLICT DO NOTHING;"
+            ))
+            .await?;
+        Ok(Store::Postgres {
+            table,
+            versions,
+            url: url.to_owned(),
+            schema,
+        })
+    }
+
     fn describe(&self) -> String {
         match self {
             Store::Sqlite { path, .. } => format!("SQLite file {}", path.display()),
+            #[cfg(feature = "postgres")]
+            Store::Postgres { schema, .. } => format!("PostgreSQL schema {schema}"),
         }
     }
 
@@ -117,6 +163,13 @@ impl Store {
     fn child_args(&self) -> Vec<String> {
         match self {
             Store::Sqlite { path, .. } => vec!["--db".into(), path.display().to_string()],
+            #[cfg(feature = "postgres")]
+            Store::Postgres { url, schema, .. } => vec![
+                "--postgres".into(),
+                url.clone(),
+                "--pg-schema".into(),
+                schema.clone(),
+            ],
         }
     }
 
@@ -126,31 +179,59 @@ impl Store {
                 let (reader, since, seqno) = table.register().await?;
                 Ok((Reader::Sqlite(reader), since, seqno))
             }
+            #[cfg(feature = "postgres")]
+            Store::Postgres { table, .. } => {
+                let (reader, since, seqno) = table.register().await?;
+                Ok((Reader::Postgres(reader), since, seqno))
+            }
         }
     }
 
     async fn seqno(&self) -> Result<u64, BoxError> {
         match self {
             Store::Sqlite { table, .. } => Ok(table.seqno().await?),
+            #[cfg(feature = "postgres")]
+            Store::Postgres { table, .. } => Ok(table.seqno().await?),
         }
     }
 
     async fn horizon(&self) -> Result<u64, BoxError> {
         match self {
             Store::Sqlite { table, .. } => Ok(table.gc_horizon().await?),
+            #[cfg(feature = "postgres")]
+            Store::Postgres { table, .. } => Ok(table.gc_horizon().await?),
         }
     }
 
     async fn expire_stale(&self) -> Result<Vec<ReaderId>, BoxError> {
         match self {
             Store::Sqlite { table, .. } => Ok(table.expire_stale().await?),
+            #[cfg(feature = "postgres")]
+            Store::Postgres { table, .. } => Ok(table.expire_stale().await?),
         }
     }
 
     async fn reader_live(&self, id: ReaderId) -> Result<bool, BoxError> {
         match self {
             Store::Sqlite { table, .. } => Ok(table.reader(id).await?.is_some()),
+            #[cfg(feature = "postgres")]
+            Store::Postgres { table, .. } => Ok(table.reader(id).await?.is_some()),
         }
+    }
+
+    /// Runs one statement on the PostgreSQL versions table: `sql` with
+    /// `{versions}` replaced, returning the first column of the first row.
+    #[cfg(feature = "postgres")]
+    async fn pg_one(
+        table: &leasehold::lease::PostgresLeaseTable<u64>,
+        versions: &str,
+        sql: &str,
+        params: &[i64],
+    ) -> Result<Option<tokio_postgres::Row>, BoxError> {
+        let sql = sql.replace("{versions}", versions);
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        Ok(table.client().await?.query_opt(&sql, &params).await?)
     }
 
     /// Reads version `seqno` if `fence`'s lease is still held: `Ok(None)` if
@@ -167,6 +248,28 @@ impl Store {
                             |row| row.get::<_, String>(0),
                         )
                         .optional()
+                    })
+                    .await
+                    .map_err(|error| match error {
+                        FencedReadError::Lost => Read::Lost,
+                        other => Read::Failed(other.into()),
+                    })
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres {
+                table, versions, ..
+            } => {
+                let sql = format!("SELECT value FROM {versions} WHERE seqno = $1");
+                let seqno = i64::try_from(seqno).unwrap_or(i64::MAX);
+                table
+                    .read_fenced(fence, move |tx| {
+                        Box::pin(async move {
+                            Ok::<_, tokio_postgres::Error>(
+                                tx.query_opt(&sql, &[&seqno])
+                                    .await?
+                                    .map(|row| row.get::<_, String>(0)),
+                            )
+                        })
                     })
                     .await
                     .map_err(|error| match error {
@@ -194,6 +297,17 @@ impl Store {
                 })
                 .await?
             }
+            #[cfg(feature = "postgres")]
+            Store::Postgres {
+                table, versions, ..
+            } => Ok(Self::pg_one(
+                table,
+                versions,
+                "SELECT value FROM {versions} WHERE seqno = $1",
+                &[i64::try_from(seqno)?],
+            )
+            .await?
+            .map(|row| row.get(0))),
         }
     }
 
@@ -215,6 +329,17 @@ impl Store {
                 })
                 .await?
             }
+            #[cfg(feature = "postgres")]
+            Store::Postgres {
+                table, versions, ..
+            } => Ok(Self::pg_one(
+                table,
+                versions,
+                "SELECT 1 FROM {versions} WHERE seqno = $1",
+                &[i64::try_from(seqno)?],
+            )
+            .await?
+            .is_some()),
         }
     }
 
@@ -231,6 +356,20 @@ impl Store {
                     Ok(())
                 })
                 .await??;
+                table.advance_seqno(seqno).await?;
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres {
+                table, versions, ..
+            } => {
+                Self::pg_one(
+                    table,
+                    versions,
+                    "INSERT INTO {versions} VALUES ($1::bigint, 'v' || $1::bigint::text) ON CONFLICT DO NOTHING",
+                    &[i64::try_from(seqno)?],
+                )
+                .await?;
                 table.advance_seqno(seqno).await?;
                 Ok(())
             }
@@ -251,6 +390,20 @@ impl Store {
                 })
                 .await?
             }
+            #[cfg(feature = "postgres")]
+            Store::Postgres {
+                table, versions, ..
+            } => {
+                let row = Self::pg_one(
+                    table,
+                    versions,
+                    "WITH d AS (DELETE FROM {versions} WHERE seqno < $1 RETURNING 1)
+                     SELECT count(*) FROM d",
+                    &[i64::try_from(horizon)?],
+                )
+                .await?;
+                Ok(row.map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)))
+            }
         }
     }
 
@@ -269,6 +422,20 @@ impl Store {
                 })
                 .await?
             }
+            #[cfg(feature = "postgres")]
+            Store::Postgres {
+                table, versions, ..
+            } => {
+                let row = Self::pg_one(
+                    table,
+                    versions,
+                    "SELECT count(*) FROM {versions} WHERE seqno >= $1 AND seqno <= $2",
+                    &[i64::try_from(horizon)?, i64::try_from(latest)?],
+                )
+                .await?;
+                let present = row.map_or(0, |row| row.get::<_, i64>(0));
+                Ok((latest - horizon + 1).saturating_sub(u64::try_from(present)?))
+            }
         }
     }
 }
@@ -282,6 +449,8 @@ fn sqlite_conn(path: &Path) -> Result<rusqlite::Connection, BoxError> {
 
 enum Reader {
     Sqlite(leasehold::lease::SqliteLeaseReader<u64>),
+    #[cfg(feature = "postgres")]
+    Postgres(leasehold::lease::PostgresLeaseReader<u64>),
 }
 
 enum Read {
@@ -342,11 +511,17 @@ async fn run_reader(args: &Args) -> Result<(), BoxError> {
         let (backend, since, seqno) = store.register().await?;
         let fence = match &backend {
             Reader::Sqlite(reader) => reader.fence(),
+            #[cfg(feature = "postgres")]
+            Reader::Postgres(reader) => reader.fence(),
         };
         let id = fence.reader().get();
         println!("registered reader={id} generation={}", fence.generation());
-        let lease = match backend {
-            Reader::Sqlite(reader) => Lease::spawn(reader, &config, since, seqno),
+        // One lease type per backend; the loop below drives either through
+        // `ReaderLease`.
+        let lease: Box<dyn ReaderLease> = match backend {
+            Reader::Sqlite(reader) => Box::new(Lease::spawn(reader, &config, since, seqno)),
+            #[cfg(feature = "postgres")]
+            Reader::Postgres(reader) => Box::new(Lease::spawn(reader, &config, since, seqno)),
         };
         let mut reads = 0_u64;
         'snapshots: loop {
@@ -399,6 +574,29 @@ async fn run_reader(args: &Args) -> Result<(), BoxError> {
             println!("reads reader={id} n={reads}");
         }
         drop(lease);
+    }
+}
+
+/// The calls the reader makes on its lease, whatever the backend.
+trait ReaderLease: Send {
+    fn observe_seqno(&self, seqno: u64) -> bool;
+    fn lease_seqno(&self) -> leasehold::lease::SeqnoLease<u64>;
+    fn maybe_downgrade_since(&self, since: u64) -> bool;
+    fn ended(&self) -> Option<LeaseError>;
+}
+
+impl<B: leasehold::lease::LeaseBackend<Since = u64, Seqno = u64>> ReaderLease for Lease<B> {
+    fn observe_seqno(&self, seqno: u64) -> bool {
+        Lease::observe_seqno(self, seqno)
+    }
+    fn lease_seqno(&self) -> leasehold::lease::SeqnoLease<u64> {
+        Lease::lease_seqno(self)
+    }
+    fn maybe_downgrade_since(&self, since: u64) -> bool {
+        Lease::maybe_downgrade_since(self, since)
+    }
+    fn ended(&self) -> Option<LeaseError> {
+        Lease::ended(self)
     }
 }
 
@@ -581,6 +779,9 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
     loop {
         if Instant::now() > deadline {
             return Err("the demo ran past its --timeout-s watchdog".into());
+        }
+        if let Some(status) = compactor.try_wait()? {
+            return Err(format!("the compactor exited ({status}); see its error above").into());
         }
         tokio::select! {
             Some(Said { slot, line }) = said.recv() => {
@@ -792,6 +993,17 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
         tally.deleted_versions,
         tally.saved_by_fence,
     );
+    #[cfg(feature = "postgres")]
+    if let Store::Postgres { table, schema, .. } = &store {
+        if args.get("pg-schema").is_none() {
+            // The schema this demo made up for itself.
+            table
+                .client()
+                .await?
+                .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .await?;
+        }
+    }
     Ok(violations == 0)
 }
 
@@ -871,7 +1083,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(error) => {
-            eprintln!("lease_gc {command}: {error}");
+            let mut message = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("lease_gc {command}: {message}");
             ExitCode::from(2)
         }
     }

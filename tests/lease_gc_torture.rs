@@ -7,7 +7,8 @@
 //! allowance); every reader expired while frozen refused after it resumed,
 //! and registered again as a new reader; every version at or above the
 //! horizon present. And the same run with readers that skip the fence
-//! must be caught reading deleted versions.
+//! must be caught reading deleted versions. On SQLite, and on PostgreSQL
+//! when `LEASEHOLD_PG_URL` names a server.
 #![cfg(all(feature = "sqlite", unix))]
 
 #[cfg(feature = "postgres")]
@@ -134,4 +135,29 @@ fn sqlite_unfenced_readers_are_caught_reading_deleted_versions() {
     assert!(verify["deleted_reads"] >= 1, "{output}");
     assert!(verify["violations"] >= 1, "{output}");
     assert!(!success, "a violation must fail the exit status:\n{output}");
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_readers_killed_and_frozen_never_read_deleted_versions() {
+    let Some(url) = pg_support::url("lease_gc torture (postgres)") else {
+        return;
+    };
+    let schema = pg_support::fresh_schema("lh_lease_gc");
+    let (success, verify, output) = run_demo(
+        &[
+            "demo",
+            "--postgres",
+            &url,
+            "--pg-schema",
+            &schema,
+            "--readers",
+            "3",
+            "--seconds",
+            "15",
+        ],
+        Duration::from_secs(180),
+    );
+    pg_support::drop_schema(&url, &schema);
+    check(success, &verify, &output);
 }
