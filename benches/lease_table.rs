@@ -200,12 +200,12 @@ fn bench_postgres(
             .find_map(|line| line.split("shared hit=").nth(1))
             .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
             .unwrap_or(-1);
-        assert!(
-            !plan
-                .iter()
-                .any(|line| line.contains("Seq Scan on leasehold_lease_readers")),
-            "{plan:#?}"
-        );
+        // A table of one page is scanned (the planner's right call); from
+        // 100 readers on, the index serves the `min()`.
+        let scanned = plan
+            .iter()
+            .any(|line| line.contains("Seq Scan on leasehold_lease_readers"));
+        assert!(readers < 100 || !scanned, "{plan:#?}");
         WORK.lock()
             .push(("postgres", readers, "buffers hit", buffers));
         horizon.bench_function(BenchmarkId::new("postgres", readers), |b| {
