@@ -190,9 +190,28 @@ fn storage(error: rusqlite::Error) -> ChangeLogError {
 /// A [`ChangeLog`] in an SQLite database file: durable, and safe for several
 /// processes on one machine.
 ///
-/// Pick it as the default embedded log. The database runs in WAL mode;
-/// every call runs on tokio's blocking pool, never on an executor thread.
-/// Clones share one connection; open the file again for another.
+/// Pick it as the default embedded log. The database runs in WAL mode.
+/// Clones share one handle; open the file again for another.
+///
+/// # Group commit
+///
+/// Each handle has a writer thread that owns its write connection. Writes
+/// (`record`, `refresh`, `remove`, a claim's updates, fenced commits, ...)
+/// that arrive while a commit is running are committed together, in one
+/// `BEGIN IMMEDIATE … COMMIT` (under [`Durability::PowerLoss`], one fsync
+/// for all of them), and each call returns only once the commit that holds
+/// it has returned: an acknowledged call is exactly as durable as if it had
+/// committed alone. Each call of a batch runs in its own savepoint, its
+/// statements in a row, in the order the calls arrived: a call that fails
+/// fails alone and leaves nothing behind, and fenced calls and claims of
+/// one entry still conflict on its row, so exactly one of them wins. A lone
+/// call is committed at once, with no wait for company; under
+/// [`Durability::ProcessCrash`], where a commit does not fsync, it even
+/// runs on the calling thread (tens of microseconds) when nothing else is
+/// writing and no other process holds the write lock. Reads (`list`,
+/// `get`, a claim's scan) run on tokio's blocking pool on a second
+/// connection, which never waits for the writer. No call blocks an
+/// executor thread on an fsync or on another process's lock.
 ///
 /// # Exclusive claims
 ///
@@ -279,28 +298,41 @@ impl SqliteChangeLog {
     /// checks, so a claim and a fenced commit of one entry are serialized
     /// and exactly one of them wins: a writer frozen at any point (before the
     /// check, waiting for the lock, between statements) can only commit if
-    /// its entry was not claimed meanwhile. `commit` runs on tokio's blocking
-    /// pool; it must not use this log (its connection is busy with the
-    /// transaction).
+    /// its entry was not claimed meanwhile.
+    ///
+    /// `commit` runs on the log's writer thread (under
+    /// [`Durability::ProcessCrash`], when nothing else is writing, on the
+    /// calling thread), inside a savepoint of a transaction that other calls
+    /// of this handle may share (see [group commit](SqliteChangeLog#group-commit)):
+    /// its statements and the fence check are one unit, committed together
+    /// or not at all, and the call returns once the transaction committed.
+    /// Keep it short; it must not use this log (the writer is busy running
+    /// it) and must not end the transaction itself (`COMMIT`, `ROLLBACK`,
+    /// `RELEASE` in raw SQL): return an error to undo it.
     ///
     /// # Errors
     ///
     /// - [`FencedCommitError::Fenced`]: the entry was claimed, removed or
     ///   quarantined; `commit` was not called, nothing changed;
-    /// - [`FencedCommitError::Rejected`]: `commit` returned an error; the
-    ///   transaction was rolled back;
+    /// - [`FencedCommitError::Rejected`]: `commit` returned an error; what it
+    ///   wrote and the committed mark were rolled back (the other calls of
+    ///   its batch are unaffected);
     /// - [`FencedCommitError::Store`]: the transaction could not start
-    ///   (e.g. [`ChangeLogError::Busy`]); nothing changed;
-    /// - [`FencedCommitError::InDoubt`]: `COMMIT` failed, or the blocking
-    ///   worker went away; settle with [`advance`](ChangeLog::advance).
+    ///   (e.g. [`ChangeLogError::Busy`]) or the fence check failed to run;
+    ///   nothing changed;
+    /// - [`FencedCommitError::InDoubt`]: the `COMMIT` of its batch failed,
+    ///   or the writer thread went away; settle with
+    ///   [`advance`](ChangeLog::advance).
     ///
     /// # Panics
     ///
-    /// A panic in `commit` rolls the transaction back and resumes here.
+    /// A panic in `commit` is caught on the writer thread (which carries on
+    /// with the other calls), rolls back what `commit` wrote, and resumes
+    /// here.
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: a dropped call keeps running on the blocking pool,
+    /// Not cancel safe: a dropped call keeps running on the writer thread,
     /// and its outcome is then unknown to the caller
     /// ([`ChangeGuard::commit_fenced`](super::ChangeGuard::commit_fenced)
     /// records that as [`Phase::InDoubt`](super::Phase::InDoubt)).
