@@ -10,7 +10,7 @@
 //! third run with a different scope (the node gained a shard) starts over.
 //!
 //! ```text
-//! cargo run --example recovery_scan [path/to/node.db]
+//! cargo run --features sqlite --example recovery_scan [path/to/node.db]
 //! ```
 
 use std::collections::BTreeSet;

@@ -38,7 +38,7 @@
 //! cleanup, reading the metadata from the store. Staleness is judged by each
 //! claimer on its own monotonic clock, never by comparing wall clocks.
 //!
-//! Run `cargo run --release --example tiered_store` for the demonstration:
+//! Run `cargo run --release --features sqlite --example tiered_store` for the demonstration:
 //! writer processes killed with SIGKILL at random points, stalled
 //! heartbeats, a recovery loop, a progress line, and a final report whose
 //! orphan and dangling counts must be 0. Subcommands run each role as its

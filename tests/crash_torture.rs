@@ -37,7 +37,7 @@ fn example_binary() -> PathBuf {
     assert!(
         binary.exists(),
         "{} is missing: run the test through `cargo test` (which builds examples) \
-         or `cargo build --example tiered_store` first",
+         or `cargo build --features sqlite --example tiered_store` first",
         binary.display()
     );
     binary

@@ -2,10 +2,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -642,32 +644,46 @@ where
         );
         // Dropping the attempt (deadline, lapse, shutdown) drops the cleanup.
         let _abort = AbortOnDrop(task.abort_handle());
-        let deadline = self.config.clock.sleep(self.deadline);
-        tokio::select! {
-            biased;
-            joined = &mut task => match joined {
-                Ok(Ok(Ok(()))) => Attempted::Done,
-                Ok(Ok(Err(source))) => Attempted::Failed(RecoveryError::Cleanup {
-                    id,
-                    attempt,
-                    source,
-                }),
-                Ok(Err(panic)) => Attempted::Failed(RecoveryError::Panicked {
-                    id,
-                    attempt,
-                    what: "cleanup",
-                    message: panic_message(&*panic),
-                }),
-                // Cancelled by the runtime shutting down.
-                Err(error) => Attempted::Failed(RecoveryError::Panicked {
-                    id,
-                    attempt,
-                    what: "cleanup",
-                    message: error.to_string(),
-                }),
-            },
-            _ = validity.invalidated() => Attempted::Invalid,
-            () = deadline => Attempted::Failed(RecoveryError::DeadlineExceeded {
+        let mut deadline = self.config.clock.sleep(self.deadline);
+        let mut invalidated = pin!(validity.invalidated());
+        enum Ended<T> {
+            Joined(T),
+            Invalid,
+            Deadline,
+        }
+        // Biased, in this order: a cleanup that ended counts even if the
+        // deadline passed in the same poll.
+        let ended = std::future::poll_fn(|cx| {
+            if let Poll::Ready(joined) = Pin::new(&mut task).poll(cx) {
+                return Poll::Ready(Ended::Joined(joined));
+            }
+            if invalidated.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ended::Invalid);
+            }
+            deadline.as_mut().poll(cx).map(|()| Ended::Deadline)
+        });
+        match ended.await {
+            Ended::Joined(Ok(Ok(Ok(())))) => Attempted::Done,
+            Ended::Joined(Ok(Ok(Err(source)))) => Attempted::Failed(RecoveryError::Cleanup {
+                id,
+                attempt,
+                source,
+            }),
+            Ended::Joined(Ok(Err(panic))) => Attempted::Failed(RecoveryError::Panicked {
+                id,
+                attempt,
+                what: "cleanup",
+                message: panic_message(&*panic),
+            }),
+            // Cancelled by the runtime shutting down.
+            Ended::Joined(Err(error)) => Attempted::Failed(RecoveryError::Panicked {
+                id,
+                attempt,
+                what: "cleanup",
+                message: error.to_string(),
+            }),
+            Ended::Invalid => Attempted::Invalid,
+            Ended::Deadline => Attempted::Failed(RecoveryError::DeadlineExceeded {
                 id,
                 attempt,
                 deadline: self.deadline,

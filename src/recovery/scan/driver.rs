@@ -10,7 +10,9 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use super::checkpoint::CheckpointWriter;
 use super::control::{
@@ -367,17 +369,32 @@ where
                 .schedule
                 .next_due()
                 .filter(|_| self.window.running() < self.config.concurrency);
-            let retry_due = async {
-                match next_retry {
-                    Some(due) => self.clock.sleep_until(due).await,
-                    None => std::future::pending().await,
-                }
+            let event = {
+                let retry_due = async {
+                    match next_retry {
+                        Some(due) => self.clock.sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let (mut cancelled, mut next_event, mut retry_due) = (
+                    pin!(cancel.cancelled()),
+                    pin!(self.window.next_event()),
+                    pin!(retry_due),
+                );
+                // Biased, in this order: a cancellation wins over work.
+                std::future::poll_fn(|cx| {
+                    if cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if let Poll::Ready(event) = next_event.as_mut().poll(cx) {
+                        return Poll::Ready(Some(Some(event)));
+                    }
+                    retry_due.as_mut().poll(cx).map(|()| Some(None))
+                })
+                .await
             };
-            let event = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Ok(false),
-                event = self.window.next_event() => Some(event),
-                () = retry_due => None,
+            let Some(event) = event else {
+                return Ok(false);
             };
             if let Some(event) = event {
                 self.handle(writer, event);
