@@ -41,7 +41,10 @@
 //! Run `cargo run --release --features sqlite --example tiered_store` for the demonstration:
 //! writer processes killed with SIGKILL at random points, stalled
 //! heartbeats, a recovery loop, a progress line, and a final report whose
-//! orphan and dangling counts must be 0. Subcommands run each role as its
+//! orphan and dangling counts must be 0. With the `tracing` feature,
+//! `RUST_LOG=leasehold=info` (any `tracing-subscriber` filter) prints the
+//! crate's events on stderr: claims, cleanups, quarantines, lost validity.
+//! Subcommands run each role as its
 //! own process (the crash-torture test drives them):
 //!
 //! ```text
@@ -1058,7 +1061,11 @@ fn spawn_role(dir: &Path, role: &str, extra: &[String]) -> std::io::Result<Child
         .arg(dir)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if logging() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
 }
 
@@ -1237,7 +1244,21 @@ impl Args {
     }
 }
 
+/// Whether `RUST_LOG` asks for the crate's `tracing` events (built with
+/// the `tracing` feature), e.g. `RUST_LOG=leasehold=info`.
+fn logging() -> bool {
+    std::env::var_os("RUST_LOG").is_some()
+}
+
 fn main() -> ExitCode {
+    if logging() {
+        // Events go to stderr, each with its span's fields (owner, entry,
+        // generation, attempt); the children of the demo inherit it.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let (command, rest) = match raw.first().map(String::as_str) {
         Some(cmd @ ("demo" | "writer" | "recovery" | "verify")) => (cmd.to_owned(), &raw[1..]),

@@ -180,6 +180,7 @@ pub mod status;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod store_failure;
 mod sync;
+mod trace;
 pub mod watch_cell;
 
 pub use watch_cell::WatchCell;

@@ -23,6 +23,7 @@ use crate::changelog::{
 };
 use crate::heartbeat::{BeatError, Heartbeat, HeartbeatConfig, Validity};
 use crate::sync::Mutex;
+use crate::trace;
 
 /// How many quarantine reports a loop keeps (the most recent); older ones
 /// are counted in [`RecoveryStats::reports_dropped`].
@@ -211,7 +212,11 @@ impl RecoveryLoop {
             state: state.clone(),
             _payload: PhantomData::<fn() -> P>,
         };
-        let task = tokio::spawn(worker.run());
+        let task = tokio::spawn(trace::instrument!(
+            worker.run(),
+            "recovery_loop",
+            owner = %worker.owner
+        ));
         Ok(RecoveryLoop {
             state,
             task: Some(task),
@@ -441,8 +446,9 @@ where
                 if !source.is_transient() {
                     backoff.exhaust();
                 }
-                events::poll_failed(&self.state, RecoveryError::Poll(source));
-                self.config.clock.sleep(backoff.next_wait()).await;
+                let wait = backoff.next_wait();
+                events::poll_failed(&self.state, RecoveryError::Poll(source), wait);
+                self.config.clock.sleep(wait).await;
             }
             Ok(batch) if batch.is_empty() => {
                 backoff.reset();
@@ -457,8 +463,13 @@ where
             }
             Ok(batch) => {
                 backoff.reset();
-                events::claimed(&self.state, batch.len());
-                self.process(anchor, batch).await;
+                events::claimed(&self.state, &batch);
+                trace::instrument!(
+                    self.process(anchor, batch),
+                    "recovery_batch",
+                    entries = batch.len()
+                )
+                .await;
             }
         }
     }
@@ -573,9 +584,9 @@ where
             let reason = chain(&failure);
             let abandoned = matches!(failure, RecoveryError::DeadlineExceeded { .. });
             if abandoned {
-                events::abandoned(&self.state, failure);
+                events::abandoned(&self.state, fence, failure);
             } else {
-                events::attempt_failed(&self.state, failure);
+                events::attempt_failed(&self.state, fence, failure);
             }
             match self.log.record_failure(fence, &reason).await {
                 Ok(Ownership::Held) => {}
@@ -639,9 +650,14 @@ where
             }
         };
         let cleanup = Arc::clone(&self.cleanup);
-        let mut task = tokio::spawn(
+        // The cleanup's own events carry the entry and the attempt.
+        let mut task = tokio::spawn(trace::instrument!(
             AssertUnwindSafe(async move { cleanup.cleanup(&payload, phase).await }).catch_unwind(),
-        );
+            "cleanup",
+            entry = %id,
+            generation = entry.fence.generation(),
+            attempt,
+        ));
         // Dropping the attempt (deadline, lapse, shutdown) drops the cleanup.
         let _abort = AbortOnDrop(task.abort_handle());
         let mut deadline = self.config.clock.sleep(self.deadline);

@@ -30,6 +30,7 @@ use crate::status::{
     self, CancellationToken, SyncOutcome, SyncPublisher, SyncReceiver, SyncRegistry,
 };
 use crate::sync::Mutex;
+use crate::trace;
 
 /// The settings of a [`RecoveryScan`].
 #[derive(Debug, Clone)]
@@ -277,6 +278,22 @@ where
         RF: Future<Output = Result<Recheck, E>> + Send + 'static,
         E: fmt::Display,
     {
+        trace::instrument!(self.run_inner(scope, sync, recheck), "recovery_scan").await
+    }
+
+    async fn run_inner<J, JF, R, RF, E>(
+        self,
+        scope: ScopeFingerprint,
+        sync: J,
+        recheck: R,
+    ) -> Result<ScanReport<K>, ScanError>
+    where
+        J: Fn(K, CancellationToken) -> JF + Send + Sync + 'static,
+        JF: Future<Output = SyncOutcome> + Send + 'static,
+        R: Fn(K) -> RF + Send + Sync + 'static,
+        RF: Future<Output = Result<Recheck, E>> + Send + 'static,
+        E: fmt::Display,
+    {
         let Self {
             source,
             store,
@@ -439,6 +456,7 @@ where
         Ok(true)
     }
 
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
     fn handle<S: ProgressStore>(&mut self, writer: &mut CheckpointWriter<K, S>, event: Event<K>) {
         let cursor = &mut writer.cursor;
         let progress = &mut writer.progress;
@@ -460,6 +478,7 @@ where
                     match self.schedule.failed(key.clone(), self.clock.now()) {
                         AfterFailure::GiveUp => writer.give_up(key),
                         AfterFailure::Retry => {
+                            trace::event!(debug, key = ?key, outcome = ?outcome, "recovery scan sync failed; retry scheduled");
                             progress.retries += 1;
                             cursor
                                 .defer(&key)
@@ -483,7 +502,8 @@ where
                         .settle(&key)
                         .expect("a re-checked key awaits its retry");
                 }
-                Err(_) => {
+                Err(error) => {
+                    trace::event!(warn, key = ?key, retry, error = %error, "recovery scan re-check failed");
                     // Unknown is not done: keep the key unfinished and ask
                     // again after the next, longer backoff.
                     progress.recheck_errors += 1;
