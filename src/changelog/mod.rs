@@ -141,8 +141,10 @@ pub use error::{
 pub use manager::{ChangeGuard, ChangeManager};
 pub use memory::MemoryChangeLog;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PostgresChangeLog, PostgresChangeLogBuilder};
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{Durability, SqliteChangeLog, SqliteChangeLogBuilder};
 
 /// Identifies one changelog entry; assigned by the store, never reused.

@@ -19,7 +19,7 @@
 //! | [`RecoveryConfig`] | batch size, waits, backoff, attempts before quarantine |
 //! | [`RecoveryStats`], [`QuarantineReport`], [`RecoveryError`] | what it did, which poison entries it parked, what went wrong |
 //!
-//! Differences from the reference design this replaces:
+//! Differences from the usual hand-rolled recovery loop:
 //!
 //! - Claims are exclusive and fenced (the log's
 //!   [`claim_stale`](crate::changelog::ChangeLog::claim_stale)), not an

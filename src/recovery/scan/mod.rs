@@ -24,6 +24,7 @@ pub use error::{
     BoxError, CursorError, KeyDecodeError, ProgressStoreError, ScanConfigError, ScanError,
 };
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PostgresProgressStore, PostgresProgressStoreBuilder};
 pub use progress::{
     Checkpoint, CheckpointWithGivenUp, MemoryProgressStore, ProgressStore, ScanKey,
@@ -33,4 +34,5 @@ pub use retry::{Retry, RetryPolicy, RetryQueue};
 pub use retry_schedule::Recheck;
 pub use source::KeySource;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteProgressStore;
