@@ -197,6 +197,12 @@ pub mod watch_cell;
 
 pub use watch_cell::WatchCell;
 
+/// The boxed error a caller's code (a beat, a cleanup, a backend, a key
+/// source, a progress store) may report as its cause. The same type is
+/// re-exported by the modules that take one (`heartbeat`, `changelog`,
+/// `recovery`), so glob imports of several of them do not clash.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// The PostgreSQL driver the `postgres` backends are built on, re-exported
 /// so that a `tokio_postgres::Config` or TLS connector given to them comes
 /// from the same version.

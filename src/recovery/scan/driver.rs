@@ -34,6 +34,7 @@ use crate::trace;
 
 /// The settings of a [`RecoveryScan`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ScanConfig {
     /// Most syncs and re-checks running at once (default 16). Retries count.
     pub concurrency: usize,
@@ -69,6 +70,49 @@ impl Default for ScanConfig {
 }
 
 impl ScanConfig {
+    /// Sets [`concurrency`](Self::concurrency).
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Sets [`checkpoint_every`](Self::checkpoint_every).
+    #[must_use]
+    pub fn with_checkpoint_every(mut self, settled_keys: u64) -> Self {
+        self.checkpoint_every = settled_keys;
+        self
+    }
+
+    /// Sets [`window`](Self::window).
+    #[must_use]
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Sets [`batch_size`](Self::batch_size).
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Sets [`retry`](Self::retry).
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets [`jitter_seed`](Self::jitter_seed) (tests fix it to reproduce
+    /// a run).
+    #[must_use]
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = seed;
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
