@@ -115,6 +115,7 @@
 //!
 //! [`Clock`]: crate::clock::Clock
 
+mod any;
 mod cleanup;
 mod codec;
 mod error;
@@ -132,6 +133,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use any::AnyChangeLog;
 pub use cleanup::{Cleanup, Phase};
 pub use codec::{FieldReader, FieldWriter, Payload};
 pub use error::{
