@@ -10,7 +10,7 @@
 //! third run with a different scope (the node gained a shard) starts over.
 //!
 //! ```text
-//! cargo run --example recovery_scan [path/to/node.db]
+//! cargo run --features sqlite --example recovery_scan [path/to/node.db]
 //! ```
 
 use std::collections::BTreeSet;
@@ -110,17 +110,15 @@ fn new_scan(
     blobs: &Arc<BTreeSet<u64>>,
     store: SqliteProgressStore,
 ) -> Result<(Scan, leasehold::recovery::ScanControl<u64>), Box<dyn std::error::Error>> {
-    let config = ScanConfig {
-        concurrency: 32,
-        checkpoint_every: 500,
-        window: 256,
-        retry: RetryPolicy {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(500),
-            ..RetryPolicy::default()
-        },
-        ..ScanConfig::default()
-    };
+    let config = ScanConfig::default()
+        .with_concurrency(32)
+        .with_checkpoint_every(500)
+        .with_window(256)
+        .with_retry(
+            RetryPolicy::default()
+                .with_initial(Duration::from_millis(20))
+                .with_max(Duration::from_millis(500)),
+        );
     let scan = RecoveryScan::new(
         Arc::clone(blobs),
         store,

@@ -1,4 +1,4 @@
-//! Problem 1 of the design, live: a background task that only cares about
+//! Waking the wrong waiters, live: a background task that only cares about
 //! `request_sync` sits next to a stream of since-downgrades and seqno bumps.
 //!
 //! With `tokio::sync::watch` it is woken by (nearly) every one of them; with

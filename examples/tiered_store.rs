@@ -27,7 +27,8 @@
 //!    leaks that one file, an orphan, never a dangling reference; a real
 //!    store sweeps unreferenced blobs older than the staleness threshold.)
 //!
-//! The metadata tables live in the changelog's own database, so that the
+//! The changelog backend is chosen at run time (an
+//! [`AnyChangeLog`](leasehold::changelog::AnyChangeLog)). The metadata tables live in the changelog's own database, so that the
 //! fence check and the CAS can be one transaction: `changelog.db` in the
 //! store directory (SQLite, one file), or the changelog's PostgreSQL schema
 //! with `--postgres`.
@@ -38,10 +39,13 @@
 //! cleanup, reading the metadata from the store. Staleness is judged by each
 //! claimer on its own monotonic clock, never by comparing wall clocks.
 //!
-//! Run `cargo run --release --example tiered_store` for the demonstration:
+//! Run `cargo run --release --features sqlite --example tiered_store` for the demonstration:
 //! writer processes killed with SIGKILL at random points, stalled
 //! heartbeats, a recovery loop, a progress line, and a final report whose
-//! orphan and dangling counts must be 0. Subcommands run each role as its
+//! orphan and dangling counts must be 0. With the `tracing` feature,
+//! `RUST_LOG=leasehold=info` (any `tracing-subscriber` filter) prints the
+//! crate's events on stderr: claims, cleanups, quarantines, lost validity.
+//! Subcommands run each role as its
 //! own process (the crash-torture test drives them):
 //!
 //! ```text
@@ -84,10 +88,10 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "postgres")]
 use leasehold::changelog::PostgresChangeLog;
 use leasehold::changelog::{
-    Advanced, Attempt, BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup,
-    CommitError, DecodeError, EntryId, EntryInfo, EntryState, Fence, FencedCommitError,
-    FieldReader, FieldWriter, FinishError, OwnerId, Ownership, Payload, Phase, Removal,
-    SqliteChangeLog,
+    Advanced, AnyChangeLog, Attempt, BoxError, ChangeLog, ChangeLogError, ChangeManager,
+    ClaimedEntry, Cleanup, CommitError, DecodeError, EntryId, EntryInfo, EntryState, Fence,
+    FencedCommitError, FieldReader, FieldWriter, FinishError, OwnerId, Ownership, Payload, Phase,
+    Removal, SqliteChangeLog,
 };
 use leasehold::heartbeat::HeartbeatConfig;
 use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
@@ -145,7 +149,7 @@ impl Payload for Intent {
 #[derive(Clone, Debug)]
 struct Store {
     dir: PathBuf,
-    log: StoreLog,
+    log: AnyChangeLog,
     /// SQLite: our own connection to the changelog's file, for reads and
     /// counters (commits go through the log's `commit_fenced`).
     sqlite: Option<Arc<Mutex<Connection>>>,
@@ -188,14 +192,14 @@ impl Store {
         let dir = args.dir()?;
         std::fs::create_dir_all(dir.join("blobs"))?;
         let log = match args.get("postgres") {
-            None => StoreLog::Sqlite(
+            None => AnyChangeLog::Sqlite(
                 SqliteChangeLog::builder(dir.join("changelog.db"))
                     .staleness(STALENESS)
                     .open()
                     .await?,
             ),
             #[cfg(feature = "postgres")]
-            Some(url) => StoreLog::Postgres(
+            Some(url) => AnyChangeLog::Postgres(
                 PostgresChangeLog::builder(url)
                     .schema(args.get("pg-schema").unwrap_or("tiered_store"))
                     .staleness(STALENESS)
@@ -208,7 +212,7 @@ impl Store {
             }
         };
         let sqlite = match &log {
-            StoreLog::Sqlite(log) => {
+            AnyChangeLog::Sqlite(log) => {
                 let path = log.path().to_owned();
                 let conn = tokio::task::spawn_blocking(move || {
                     let conn = Connection::open(path)?;
@@ -220,7 +224,7 @@ impl Store {
                 Some(Arc::new(Mutex::new(conn)))
             }
             #[cfg(feature = "postgres")]
-            StoreLog::Postgres(log) => {
+            AnyChangeLog::Postgres(log) => {
                 let mut client = log.client().await?;
                 let tx = client.transaction().await?;
                 // Serialized: concurrent CREATE TABLE IF NOT EXISTS can fail.
@@ -244,6 +248,7 @@ impl Store {
                 tx.commit().await?;
                 None
             }
+            _ => unreachable!("the store opens SQLite or PostgreSQL"),
         };
         Ok(Store { dir, log, sqlite })
     }
@@ -266,7 +271,7 @@ impl Store {
     async fn current(&self, object: &str) -> Result<Option<String>, BoxError> {
         let object = object.to_owned();
         match (&self.log, &self.sqlite) {
-            (StoreLog::Sqlite(_), Some(conn)) => {
+            (AnyChangeLog::Sqlite(_), Some(conn)) => {
                 Self::sqlite(conn, move |c| {
                     c.query_row("SELECT blob FROM objects WHERE name = ?1", [object], |r| {
                         r.get(0)
@@ -276,7 +281,7 @@ impl Store {
                 .await
             }
             #[cfg(feature = "postgres")]
-            (StoreLog::Postgres(log), _) => {
+            (AnyChangeLog::Postgres(log), _) => {
                 let client = log.client().await?;
                 let sql = format!(
                     "SELECT blob FROM {} WHERE name = $1",
@@ -294,7 +299,7 @@ impl Store {
     async fn landed(&self, blob: &str) -> Result<bool, BoxError> {
         let blob = blob.to_owned();
         match (&self.log, &self.sqlite) {
-            (StoreLog::Sqlite(_), Some(conn)) => {
+            (AnyChangeLog::Sqlite(_), Some(conn)) => {
                 Self::sqlite(conn, move |c| {
                     c.prepare_cached("SELECT 1 FROM commits WHERE blob = ?1")?
                         .exists([blob])
@@ -302,7 +307,7 @@ impl Store {
                 .await
             }
             #[cfg(feature = "postgres")]
-            (StoreLog::Postgres(log), _) => {
+            (AnyChangeLog::Postgres(log), _) => {
                 let client = log.client().await?;
                 let sql = format!("SELECT 1 FROM {} WHERE blob = $1", pg_table(log, "commits"));
                 Ok(client.query_opt(&sql, &[&blob]).await?.is_some())
@@ -318,7 +323,7 @@ impl Store {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let bumped: Result<(), BoxError> = match (&self.log, &self.sqlite) {
-                (StoreLog::Sqlite(_), Some(conn)) => {
+                (AnyChangeLog::Sqlite(_), Some(conn)) => {
                     Self::sqlite(conn, move |c| {
                         c.execute(
                             "INSERT INTO counters (name, value) VALUES (?1, 1)
@@ -330,7 +335,7 @@ impl Store {
                     .await
                 }
                 #[cfg(feature = "postgres")]
-                (StoreLog::Postgres(log), _) => {
+                (AnyChangeLog::Postgres(log), _) => {
                     async {
                         let client = log.client().await?;
                         let table = pg_table(log, "counters");
@@ -363,7 +368,7 @@ impl Store {
     /// Every object row, and every counter.
     async fn snapshot(&self) -> Result<(Vec<(String, String, u64)>, Vec<(String, u64)>), BoxError> {
         match (&self.log, &self.sqlite) {
-            (StoreLog::Sqlite(_), Some(conn)) => {
+            (AnyChangeLog::Sqlite(_), Some(conn)) => {
                 Self::sqlite(conn, |c| {
                     let rows = c
                         .prepare("SELECT name, blob, version FROM objects")?
@@ -378,7 +383,7 @@ impl Store {
                 .await
             }
             #[cfg(feature = "postgres")]
-            (StoreLog::Postgres(log), _) => {
+            (AnyChangeLog::Postgres(log), _) => {
                 let client = log.client().await?;
                 let rows = client
                     .query(
@@ -413,7 +418,7 @@ impl Store {
     async fn cas(&self, fence: Fence, intent: &Intent) -> Result<(), FencedCommitError<CasError>> {
         let intent = intent.clone();
         match &self.log {
-            StoreLog::Sqlite(log) => {
+            AnyChangeLog::Sqlite(log) => {
                 log.commit_fenced(&fence, move |tx| {
                     let changed = match &intent.old_blob {
                         Some(old) => tx.execute(
@@ -440,7 +445,7 @@ impl Store {
                 .await
             }
             #[cfg(feature = "postgres")]
-            StoreLog::Postgres(log) => {
+            AnyChangeLog::Postgres(log) => {
                 let objects = pg_table(log, "objects");
                 let commits = pg_table(log, "commits");
                 log.commit_fenced(&fence, move |tx| {
@@ -482,6 +487,7 @@ impl Store {
                 })
                 .await
             }
+            _ => unreachable!("the store opens SQLite or PostgreSQL"),
         }
     }
 }
@@ -535,81 +541,15 @@ impl Cleanup<Intent> for TieredCleanup {
 
 // -------------------------------------------------------------- changelog --
 
-/// The store's changelog: SQLite (the default) or PostgreSQL.
-#[derive(Clone, Debug)]
-enum StoreLog {
-    Sqlite(SqliteChangeLog),
-    #[cfg(feature = "postgres")]
-    Postgres(PostgresChangeLog),
-}
-
-impl StoreLog {
-    fn describe(&self) -> String {
-        match self {
-            StoreLog::Sqlite(log) => format!("SQLite ({})", log.path().display()),
-            #[cfg(feature = "postgres")]
-            StoreLog::Postgres(log) => {
-                format!("PostgreSQL (schema {})", log.schema().unwrap_or("public"))
-            }
+/// What the store's changelog is, for the demo's header.
+fn describe(log: &AnyChangeLog) -> String {
+    match log {
+        AnyChangeLog::Sqlite(log) => format!("SQLite ({})", log.path().display()),
+        #[cfg(feature = "postgres")]
+        AnyChangeLog::Postgres(log) => {
+            format!("PostgreSQL (schema {})", log.schema().unwrap_or("public"))
         }
-    }
-}
-
-/// Forwards a call to whichever log this is.
-macro_rules! forward {
-    ($self:ident, $log:ident => $call:expr) => {
-        match $self {
-            StoreLog::Sqlite($log) => $call,
-            #[cfg(feature = "postgres")]
-            StoreLog::Postgres($log) => $call,
-        }
-    };
-}
-
-impl ChangeLog for StoreLog {
-    fn staleness(&self) -> Duration {
-        forward!(self, log => log.staleness())
-    }
-    async fn record(&self, owner: &OwnerId, payload: Vec<u8>) -> Result<Fence, ChangeLogError> {
-        forward!(self, log => log.record(owner, payload).await)
-    }
-    async fn refresh(&self, fence: &Fence) -> Result<Ownership, ChangeLogError> {
-        forward!(self, log => log.refresh(fence).await)
-    }
-    async fn remove(&self, fence: &Fence) -> Result<Removal, ChangeLogError> {
-        forward!(self, log => log.remove(fence).await)
-    }
-    async fn claim_stale(
-        &self,
-        owner: &OwnerId,
-        max: usize,
-    ) -> Result<Vec<ClaimedEntry>, ChangeLogError> {
-        forward!(self, log => log.claim_stale(owner, max).await)
-    }
-    async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
-        forward!(self, log => log.quarantine(fence, reason).await)
-    }
-    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
-        forward!(self, log => log.advance(fence).await)
-    }
-    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
-        forward!(self, log => log.start_attempt(fence).await)
-    }
-    async fn record_failure(
-        &self,
-        fence: &Fence,
-        reason: &str,
-    ) -> Result<Ownership, ChangeLogError> {
-        forward!(self, log => log.record_failure(fence, reason).await)
-    }
-    fn next_stale_in(&self) -> Option<Duration> {
-        forward!(self, log => log.next_stale_in())
-    }
-    async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
-        forward!(self, log => log.get(id).await)
-    }
-    async fn list(&self) -> Result<Vec<EntryInfo>, ChangeLogError> {
-        forward!(self, log => log.list().await)
+        other => format!("{other:?}"),
     }
 }
 
@@ -619,7 +559,7 @@ impl ChangeLog for StoreLog {
 /// injected stall: a slow RPC, a GC pause).
 #[derive(Clone, Debug)]
 struct StallableLog {
-    inner: StoreLog,
+    inner: AnyChangeLog,
     stalled: Arc<AtomicBool>,
 }
 
@@ -1058,7 +998,11 @@ fn spawn_role(dir: &Path, role: &str, extra: &[String]) -> std::io::Result<Child
         .arg(dir)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if logging() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
 }
 
@@ -1083,7 +1027,7 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
     println!(
         "tiered_store: blobs as files in {}; the changelog and the metadata table in {}",
         dir.display(),
-        log.describe()
+        describe(&log)
     );
     println!(
         "  {writers} writer processes, SIGKILLed at random until {kills_wanted} kills; \
@@ -1237,7 +1181,21 @@ impl Args {
     }
 }
 
+/// Whether `RUST_LOG` asks for the crate's `tracing` events (built with
+/// the `tracing` feature), e.g. `RUST_LOG=leasehold=info`.
+fn logging() -> bool {
+    std::env::var_os("RUST_LOG").is_some()
+}
+
 fn main() -> ExitCode {
+    if logging() {
+        // Events go to stderr, each with its span's fields (owner, entry,
+        // generation, attempt); the children of the demo inherit it.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let (command, rest) = match raw.first().map(String::as_str) {
         Some(cmd @ ("demo" | "writer" | "recovery" | "verify")) => (cmd.to_owned(), &raw[1..]),

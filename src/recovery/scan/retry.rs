@@ -26,6 +26,7 @@ use super::error::ScanConfigError;
 /// assert_eq!(policy.backoff(10), Duration::from_secs(30)); // capped
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// The backoff before the first retry (default 1 s).
     pub initial: Duration,
@@ -55,6 +56,36 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Sets [`initial`](Self::initial), the backoff before the first retry.
+    #[must_use]
+    pub fn with_initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// Sets [`max`](Self::max), the cap on the backoff.
+    #[must_use]
+    pub fn with_max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Sets [`jitter`](Self::jitter), the largest fraction of a backoff
+    /// that jitter removes (`0.0` for exact delays).
+    #[must_use]
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Sets [`max_attempts`](Self::max_attempts): give a key up after this
+    /// many failed attempts (`None`: never).
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: Option<NonZeroU32>) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
     /// The backoff before retry number `retry` (1 for the first), before
     /// jitter: `min(initial × 2^(retry-1), max)`.
     pub fn backoff(&self, retry: u32) -> Duration {
@@ -92,13 +123,13 @@ impl RetryPolicy {
 
 /// A key that is due for a retry, from [`RetryQueue::pop_due`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retry<K> {
+pub(crate) struct Retry<K> {
     /// The key.
-    pub key: K,
+    pub(crate) key: K,
     /// Which retry this is: 1 for the first.
-    pub retry: u32,
+    pub(crate) retry: u32,
     /// When it became due.
-    pub due: Instant,
+    pub(crate) due: Instant,
 }
 
 /// Keys waiting for a retry, ordered by when they become due.
@@ -107,24 +138,8 @@ pub struct Retry<K> {
 /// a concurrency cap, is its caller's job ([`RecoveryScan`](super::RecoveryScan)
 /// does both, and re-checks each key before retrying it). Time comes from the
 /// caller, so tests can drive it with a [`ManualClock`](crate::clock::ManualClock).
-///
-/// # Examples
-///
-/// ```
-/// use leasehold::recovery::{RetryPolicy, RetryQueue};
-/// use std::time::{Duration, Instant};
-///
-/// let policy = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
-/// let mut queue = RetryQueue::new(policy, 7).unwrap();
-/// let now = Instant::now();
-/// let due = queue.schedule("blob-3", 2, now);
-/// assert_eq!(due - now, Duration::from_secs(2));
-/// assert!(queue.pop_due(now).is_none());
-/// let retry = queue.pop_due(due).unwrap();
-/// assert_eq!((retry.key, retry.retry), ("blob-3", 2));
-/// ```
 #[derive(Debug, Clone)]
-pub struct RetryQueue<K> {
+pub(crate) struct RetryQueue<K> {
     policy: RetryPolicy,
     /// xorshift64* state for the jitter: deterministic per seed, so tests
     /// reproduce, and no dependency on a random-number crate.
@@ -140,7 +155,7 @@ impl<K> RetryQueue<K> {
     /// # Errors
     ///
     /// As [`RetryPolicy::validate`].
-    pub fn new(policy: RetryPolicy, seed: u64) -> Result<Self, ScanConfigError> {
+    pub(crate) fn new(policy: RetryPolicy, seed: u64) -> Result<Self, ScanConfigError> {
         policy.validate()?;
         Ok(Self {
             policy,
@@ -151,14 +166,9 @@ impl<K> RetryQueue<K> {
         })
     }
 
-    /// The policy the queue schedules by.
-    pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
-    }
-
     /// Schedules retry number `retry` (1 for the first) of `key`, due after
     /// the policy's jittered backoff from `now`. Returns when it is due.
-    pub fn schedule(&mut self, key: K, retry: u32, now: Instant) -> Instant {
+    pub(crate) fn schedule(&mut self, key: K, retry: u32, now: Instant) -> Instant {
         let backoff = self.policy.backoff(retry);
         let cut = backoff.mul_f64(self.policy.jitter * self.next_unit());
         let due = now + backoff.saturating_sub(cut);
@@ -168,7 +178,7 @@ impl<K> RetryQueue<K> {
     }
 
     /// Removes and returns the earliest retry due at `now`, if any.
-    pub fn pop_due(&mut self, now: Instant) -> Option<Retry<K>> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Retry<K>> {
         let entry = self.queue.first_entry()?;
         if entry.key().0 > now {
             return None;
@@ -178,17 +188,12 @@ impl<K> RetryQueue<K> {
     }
 
     /// When the earliest retry is due.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.queue.keys().next().map(|(due, _)| *due)
     }
 
-    /// The number of keys waiting.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Whether no key is waiting.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
