@@ -126,7 +126,7 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-mod staleness;
+pub(crate) mod staleness;
 
 use std::fmt;
 use std::future::Future;

@@ -17,6 +17,7 @@
 //! |---|---|
 //! | a lease on your store | implement [`LeaseBackend`] (heartbeat-with-downgrade, expire) and [`Lease::spawn`] |
 //! | a store to test against | [`MemoryShard`] (tracks readers, expires stale ones, computes the shard's since and GC horizon) |
+//! | a since that is only partially ordered (a product timestamp, an antichain) | implement [`Since`] (`less_equal`, `join`, `meet`); totally ordered types already are one |
 //!
 //! # Differences from the field
 //!
@@ -74,14 +75,26 @@ mod config;
 mod error;
 mod handle;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod state;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod table;
 mod task;
 
 pub use backend::{HeartbeatReply, LeaseBackend, Seqno, Since};
 pub use config::{HEARTBEATS_PER_TTL, LeaseConfig, LeaseConfigBuilder};
-pub use error::{BackendError, ConfigError, LeaseError};
+pub use error::{BackendError, ConfigError, FencedReadError, LeaseError, LeaseTableError};
 pub use handle::{Lease, LeaseStats, SeqnoLease};
 pub use memory::{MemoryReader, MemoryShard, ReaderId, ReaderState, ShardStats};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresLeaseReader, PostgresLeaseTable, PostgresLeaseTableBuilder};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteLeaseReader, SqliteLeaseTable, SqliteLeaseTableBuilder};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use table::{ReaderFence, ReaderRow, TableSince};
 
 #[cfg(loom)]
 #[doc(hidden)]

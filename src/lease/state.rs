@@ -50,8 +50,8 @@ impl Ended {
 /// The shared state. See the module docs for who writes what.
 #[derive(Debug)]
 pub(crate) struct State<S, Q> {
-    /// The since the handle asked for: joined with `max`, so it only moves
-    /// forward.
+    /// The join of every since the handle asked for: it only moves forward,
+    /// also for stale or incomparable requests.
     since_to_hold: S,
     /// The since the backend last confirmed.
     applied_since: S,
@@ -140,9 +140,10 @@ impl<S: Since, Q: Seqno> LeaseShared<S, Q> {
     /// a stale `since` does not even notify.
     pub(crate) fn maybe_downgrade(&self, since: S) -> bool {
         self.cell.modify_if(|state| {
-            let forward = since > state.since_to_hold;
+            // `since <= recorded`: stale, the join is the recorded since.
+            let forward = !since.less_equal(&state.since_to_hold);
             if forward {
-                state.since_to_hold = since;
+                state.since_to_hold = state.since_to_hold.join(&since);
             }
             forward
         })
@@ -162,11 +163,11 @@ impl<S: Since, Q: Seqno> LeaseShared<S, Q> {
                 outcome = Err(ended.error());
                 return false;
             }
-            if since <= state.applied_since {
+            if since.less_equal(&state.applied_since) {
                 return false;
             }
-            if since > state.since_to_hold {
-                state.since_to_hold = since;
+            if !since.less_equal(&state.since_to_hold) {
+                state.since_to_hold = state.since_to_hold.join(&since);
             }
             // One outstanding request covers every since recorded before the
             // task takes its snapshot; a later request gets a later generation.
@@ -308,8 +309,8 @@ impl<S: Since, Q: Seqno> LeaseShared<S, Q> {
         let mut downgraded = false;
         self.cell.modify_if(|state| {
             let mut changed = false;
-            if reply.since > state.applied_since {
-                state.applied_since = reply.since;
+            if !reply.since.less_equal(&state.applied_since) {
+                state.applied_since = state.applied_since.join(&reply.since);
                 downgraded = true;
                 changed = true;
             }
