@@ -11,7 +11,7 @@
 //!
 //! | primitive | pick it for |
 //! |---|---|
-//! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds; `wait_take` hands each item of a work queue to exactly one waiter |
+//! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds; `wait_take` hands each item of a work queue to exactly one waiter; [`WatchCell::index`] gives thousands of "sequence number ≥ mine" waiters O(log N) modifications ([`watch_cell::WatchIndex`]) |
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
 //! | [`lease::Lease`] | a reader's since frontier and seqno holds on a shard: the handle only records downgrades and seqno leases (waking nobody); a background task heartbeats, syncs on request, and expires the lease after a drop |

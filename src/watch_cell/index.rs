@@ -84,7 +84,11 @@ use crate::sync::{self, AtomicU8, Ordering, UnsafeCell};
 /// key that later goes down does not undo that, and a key that goes down
 /// while a wait is registered simply leaves it waiting. As for predicates,
 /// a state that exists only inside one modification (set and reset by the
-/// same closure) is never seen. Frontiers, sequence numbers and applied
+/// same closure) is never seen. The key is evaluated on the value a
+/// modification leaves, and again after the takes it triggers
+/// ([`WatchCell::wait_take`]), on what they left; when one modification
+/// satisfies several takes, the states between two of them are not
+/// evaluated separately. Frontiers, sequence numbers and applied
 /// indexes only grow, so for them "has reached `k`" is the whole story.
 ///
 /// # What runs under the lock
