@@ -179,6 +179,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backoff;
 pub mod changelog;
 pub mod clock;
 pub mod heartbeat;

@@ -19,7 +19,6 @@
 //! [`State::task_has_work`]: super::state::State::task_has_work
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -268,7 +267,7 @@ async fn expire<B: LeaseBackend>(
     }
 }
 
-/// Per-lease jitter: a splitmix64 stream seeded from std's per-process
+/// Per-lease tick jitter (not the retry backoff): a splitmix64 stream seeded from std's per-process
 /// random keys, so leases created together drift apart.
 #[derive(Debug)]
 struct Jitter {
@@ -278,11 +277,9 @@ struct Jitter {
 
 impl Jitter {
     fn new(max: Duration) -> Self {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(0x6c65_6173_6568_6f6c); // any input; the keys are random
         Self {
             max_nanos: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX),
-            state: hasher.finish(),
+            state: crate::backoff::random_seed(),
         }
     }
 

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{Either, select};
 
-use super::config::{Backoff, RecoveryConfig};
+use super::config::RecoveryConfig;
 use super::error::{RecoveryConfigError, RecoveryError};
 use super::events;
 use crate::WatchCell;
+use crate::backoff::Backoff;
 use crate::changelog::{
     Attempt, ChangeLog, ClaimedEntry, Cleanup, EntryId, Fence, OwnerId, Ownership, Payload, Phase,
     RECENT_FAILURES, Removal, clip_failure,
@@ -421,7 +422,7 @@ where
 {
     async fn run(self) {
         let _stopped = Stopped(self.state.clone());
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = self.config.backoff();
         loop {
             let stop = pin!(self.state.wait_for(|state| state.stopping));
             let step = pin!(self.step(&mut backoff));
@@ -443,10 +444,12 @@ where
             Err(source) => {
                 // Retrying soon cannot fix a schema or a configuration: say
                 // so, and retry at the longest backoff only.
-                if !source.is_transient() {
+                let wait = if source.is_transient() {
+                    backoff.next_delay()
+                } else {
                     backoff.exhaust();
-                }
-                let wait = backoff.next_wait();
+                    backoff.max()
+                };
                 events::poll_failed(&self.state, RecoveryError::Poll(source), wait);
                 self.config.clock.sleep(wait).await;
             }
@@ -510,7 +513,7 @@ where
             }
         });
         let validity = heartbeat.validity();
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = self.config.backoff();
         for entry in &batch {
             // Once the batch's validity has lapsed, others may own the rest:
             // leave it to be reclaimed (released when `_settle` drops).
@@ -615,7 +618,7 @@ where
                 }
                 return;
             }
-            let retry = self.config.clock.sleep(backoff.next_wait());
+            let retry = self.config.clock.sleep(backoff.next_delay());
             if let Either::Right(_) = select(retry, pin!(validity.invalidated())).await {
                 if ledger.take(id) {
                     events::released(&self.state, id);

@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use super::error::ScanConfigError;
+use crate::backoff::Backoff;
 
 /// How a failed or cancelled key is retried.
 ///
@@ -89,10 +90,7 @@ impl RetryPolicy {
     /// The backoff before retry number `retry` (1 for the first), before
     /// jitter: `min(initial × 2^(retry-1), max)`.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let doublings = retry.saturating_sub(1).min(31);
-        self.initial
-            .checked_mul(1 << doublings)
-            .map_or(self.max, |backoff| backoff.min(self.max))
+        Backoff::new(self.initial, 2.0, self.max, 0.0).delay_for(retry)
     }
 
     /// Checks the settings.
@@ -140,10 +138,9 @@ pub(crate) struct Retry<K> {
 /// caller, so tests can drive it with a [`ManualClock`](crate::clock::ManualClock).
 #[derive(Debug, Clone)]
 pub(crate) struct RetryQueue<K> {
-    policy: RetryPolicy,
-    /// xorshift64* state for the jitter: deterministic per seed, so tests
-    /// reproduce, and no dependency on a random-number crate.
-    rng: u64,
+    /// The policy's backoff, its jitter seeded: deterministic per seed, so
+    /// tests reproduce.
+    backoff: Backoff,
     /// By (due, insertion sequence): equal deadlines pop first-in first-out.
     queue: BTreeMap<(Instant, u64), (K, u32)>,
     sequence: u64,
@@ -158,9 +155,7 @@ impl<K> RetryQueue<K> {
     pub(crate) fn new(policy: RetryPolicy, seed: u64) -> Result<Self, ScanConfigError> {
         policy.validate()?;
         Ok(Self {
-            policy,
-            // xorshift must not start at zero.
-            rng: seed ^ 0x9E37_79B9_7F4A_7C15 | 1,
+            backoff: Backoff::new(policy.initial, 2.0, policy.max, policy.jitter).seeded(seed),
             queue: BTreeMap::new(),
             sequence: 0,
         })
@@ -169,9 +164,7 @@ impl<K> RetryQueue<K> {
     /// Schedules retry number `retry` (1 for the first) of `key`, due after
     /// the policy's jittered backoff from `now`. Returns when it is due.
     pub(crate) fn schedule(&mut self, key: K, retry: u32, now: Instant) -> Instant {
-        let backoff = self.policy.backoff(retry);
-        let cut = backoff.mul_f64(self.policy.jitter * self.next_unit());
-        let due = now + backoff.saturating_sub(cut);
+        let due = now + self.backoff.delay_for(retry);
         self.sequence += 1;
         self.queue.insert((due, self.sequence), (key, retry));
         due
@@ -195,15 +188,6 @@ impl<K> RetryQueue<K> {
     /// Whether no key is waiting.
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
-    }
-
-    /// A uniform value in `[0, 1)`.
-    fn next_unit(&mut self) -> f64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let bits = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-        bits as f64 / (1_u64 << 53) as f64
     }
 }
 
