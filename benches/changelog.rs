@@ -340,9 +340,12 @@ fn direct_pair(conn: rusqlite::Connection) -> Pair {
     })
 }
 
-/// The serial fsync limit: one 64-byte write + fdatasync per operation.
+/// The serial fsync limit: one 64-byte write + fdatasync per operation,
+/// overwriting a preallocated file in place (as SQLite reuses its WAL), so
+/// that no fsync also has to write the file's size.
 fn fsync_pair(dir: &tempfile::TempDir) -> Pair {
-    use std::io::{Seek, Write};
+    use std::os::unix::fs::FileExt;
+    const SPAN: u64 = 1 << 20;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -350,15 +353,16 @@ fn fsync_pair(dir: &tempfile::TempDir) -> Pair {
         .write(true)
         .open(dir.path().join("fsync-loop"))
         .unwrap();
-    let file = Arc::new(std::sync::Mutex::new(file));
+    file.write_all_at(&vec![0_u8; SPAN as usize], 0).unwrap();
+    file.sync_all().unwrap();
+    let state = Arc::new(std::sync::Mutex::new((file, 0_u64)));
     Arc::new(move || {
-        let mut file = file.lock().unwrap();
+        let mut state = state.lock().unwrap();
+        let (file, offset) = &mut *state;
         for _ in 0..2 {
-            file.write_all(&[7_u8; 64]).unwrap();
+            file.write_all_at(&[7_u8; 64], *offset).unwrap();
             file.sync_data().unwrap();
-        }
-        if file.stream_position().unwrap() > 1 << 20 {
-            file.rewind().unwrap();
+            *offset = (*offset + 64) % SPAN;
         }
         Box::pin(async {})
     })
