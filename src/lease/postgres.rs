@@ -275,12 +275,28 @@ impl Sql {
 /// The readers of a shard in a PostgreSQL database: the durable
 /// [`LeaseBackend`] of their leases, and what the shard's owner needs to
 /// know about them. For processes on many machines; the same model as
-/// [`SqliteLeaseTable`](super::SqliteLeaseTable) (see there for the roles,
-/// the staleness rule and why reads are fenced).
+/// `SqliteLeaseTable` (feature `sqlite`).
+///
+/// | who | calls | what it does |
+/// |---|---|---|
+/// | a reader | [`register`](Self::register), then [`Lease::spawn`](super::Lease::spawn) with the returned [`PostgresLeaseReader`] | heartbeats carry its since (joined, never moved back) and seqno hold |
+/// | a reader | [`read_fenced`](Self::read_fenced) | reads the shard's data only while the store still holds its lease |
+/// | the owner | [`gc_horizon`](Self::gc_horizon) | the least live seqno hold: state before it may be deleted |
+/// | the owner | [`since`](Self::since) | the meet of the live readers' sinces |
+/// | the owner | [`expire_stale`](Self::expire_stale), periodically | removes readers whose heartbeat counter it has seen unchanged for the staleness |
+/// | the owner | [`advance_seqno`](Self::advance_seqno) | publishes the shard's latest seqno |
+///
+/// Staleness is judged by the owner's handle on its own monotonic clock,
+/// from the heartbeat counters it observes, never from timestamps; the
+/// expiry is a delete conditional on the `(reader, generation, beat)` seen,
+/// so a heartbeat that lands first keeps its reader. An expired reader's
+/// heartbeat reports [`BackendError::Lost`] and its fenced reads are
+/// refused: a reader frozen past its expiry never reads what the owner
+/// deleted after expiring it.
 ///
 /// | call | cost |
 /// |---|---|
-/// | a heartbeat | one `UPDATE` (one round trip); two when the since moves after a cancelled heartbeat |
+/// | a heartbeat | one `UPDATE` (one round trip); two after a failed or cancelled one (the stored since is read first) |
 /// | [`gc_horizon`](Self::gc_horizon) | one `min()` served by the index on `(shard, seqno_hold)` |
 /// | [`read_fenced`](Self::read_fenced) | a `REPEATABLE READ READ ONLY` transaction: the check and the read see one snapshot |
 /// | [`since`](Self::since), [`expire_stale`](Self::expire_stale) | read every reader of the shard |
@@ -398,7 +414,9 @@ impl<S: TableSince> PostgresLeaseTable<S> {
     }
 
     /// Registers a new reader at the shard's since and latest seqno, in one
-    /// statement; see [`SqliteLeaseTable::register`](super::SqliteLeaseTable::register).
+    /// statement. Its generation is the shard's registration count: a reader
+    /// that registers again after its lease was expired gets a new id and a
+    /// larger generation.
     ///
     /// # Errors
     ///
@@ -533,8 +551,9 @@ impl<S: TableSince> PostgresLeaseTable<S> {
     /// Expires the readers whose heartbeat counter this handle has seen
     /// unchanged for the staleness, on its own monotonic clock, with one
     /// delete conditional on each `(reader, generation, beat)` seen; returns
-    /// their ids. See
-    /// [`SqliteLeaseTable::expire_stale`](super::SqliteLeaseTable::expire_stale).
+    /// their ids. A handle that has just started has seen nothing yet: it
+    /// expires a reader at the earliest one staleness after its first call.
+    /// Call it periodically (more often than the staleness).
     ///
     /// # Errors
     ///

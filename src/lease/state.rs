@@ -358,29 +358,47 @@ impl<S: Since, Q: Seqno> fmt::Debug for LeaseShared<S, Q> {
 
 /// The handle/task protocol on a lease's shared state, for the loom models
 /// in `loom-tests/` (no runtime, no backend): each method is one step either
-/// side takes. Not part of the API.
+/// side takes. Generic over the since, so a model can drive a partially
+/// ordered one. Not part of the API.
 #[cfg(loom)]
-#[derive(Debug, Clone)]
-pub struct LeaseProtocol {
-    shared: std::sync::Arc<LeaseShared<u64, u64>>,
+#[derive(Debug)]
+pub struct LeaseProtocol<S: Since = u64> {
+    shared: std::sync::Arc<LeaseShared<S, u64>>,
 }
 
 #[cfg(loom)]
-impl LeaseProtocol {
+impl<S: Since> Clone for LeaseProtocol<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: std::sync::Arc::clone(&self.shared),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl LeaseProtocol<u64> {
     /// A lease's state, holding `since` and `seqno`.
     pub fn new(since: u64, seqno: u64) -> Self {
+        Self::with_since(since, seqno)
+    }
+}
+
+#[cfg(loom)]
+impl<S: Since> LeaseProtocol<S> {
+    /// A lease's state, holding `since` (of any lattice) and `seqno`.
+    pub fn with_since(since: S, seqno: u64) -> Self {
         Self {
             shared: std::sync::Arc::new(LeaseShared::new(since, seqno)),
         }
     }
 
     /// Handle: `maybe_downgrade_since`.
-    pub fn maybe_downgrade(&self, since: u64) -> bool {
+    pub fn maybe_downgrade(&self, since: S) -> bool {
         self.shared.maybe_downgrade(since)
     }
 
     /// Handle: `downgrade_since`, the request and the wait.
-    pub fn downgrade(&self, since: u64) -> impl Future<Output = Result<u64, LeaseError>> + '_ {
+    pub fn downgrade(&self, since: S) -> impl Future<Output = Result<S, LeaseError>> + '_ {
         let request = self.shared.request_downgrade(since);
         async move {
             match request? {
@@ -388,6 +406,11 @@ impl LeaseProtocol {
                 None => Ok(self.shared.applied_since()),
             }
         }
+    }
+
+    /// Handle: `since()`, the since recorded for the next heartbeat.
+    pub fn since(&self) -> S {
+        self.shared.since_to_hold()
     }
 
     /// Handle: `lease_seqno`.
@@ -421,7 +444,7 @@ impl LeaseProtocol {
     }
 
     /// Task: the snapshot a heartbeat sends: `(since, seqno hold, generation)`.
-    pub fn snapshot(&self) -> (u64, u64, u64) {
+    pub fn snapshot(&self) -> (S, u64, u64) {
         let snapshot = self.shared.snapshot();
         (
             snapshot.since,
@@ -432,10 +455,10 @@ impl LeaseProtocol {
 
     /// Task: a heartbeat of `snapshot` succeeded, the backend applied its
     /// since and reported `latest_seqno`.
-    pub fn ack(&self, snapshot: (u64, u64, u64), latest_seqno: u64) {
+    pub fn ack(&self, snapshot: (S, u64, u64), latest_seqno: u64) {
         let (since, seqno_hold, sync_generation) = snapshot;
         let sent = Snapshot {
-            since,
+            since: since.clone(),
             seqno_hold,
             sync_generation,
         };
