@@ -21,6 +21,23 @@
 //!   round-trip and statement cost, not a disk's). Without the URL the
 //!   PostgreSQL rows say "not run" and a notice says why.
 //!
+//! - `group_commit_*`: W = 1, 8, 32, 128 concurrent writers, each doing
+//!   `record` + `remove` pairs; the time is per pair, all writers together
+//!   (so throughput = 1e9 / time in ns). Against, in the same run:
+//!   - `mutex_connection`: one `rusqlite::Connection` behind a mutex, each
+//!     statement its own autocommit transaction on tokio's blocking pool —
+//!     the shape of the log before group commit, and of the code a user
+//!     writes by hand;
+//!   - `direct`: the same two statements called directly on one connection
+//!     (autocommit), on the writer's own thread (behind a mutex when W > 1);
+//!   - `fsync_loop`: the serial fsync limit, a loop of 64-byte
+//!     write + `fdatasync` on a file, two per pair (one per operation when
+//!     each operation commits alone);
+//!   - PostgreSQL: `deadpool`, tokio-postgres + deadpool with the same pool
+//!     size as the log's default, `INSERT … RETURNING id` + `DELETE`.
+//!
+//!   Filter with e.g. `-- group_commit_power_loss`.
+//!
 //! Ends with tables of ratios to the memory log. Throughput (round trips or
 //! claimed entries per second) is 1e9 / the time in ns, × 1,000 for claims.
 
@@ -31,6 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
+use futures::future::BoxFuture;
 use leasehold::changelog::{ChangeLog, Durability, MemoryChangeLog, OwnerId, SqliteChangeLog};
 use leasehold::clock::ManualClock;
 
@@ -164,6 +182,262 @@ fn bench_fenced_sqlite(
     group.finish();
 }
 
+/// The writer counts of the group-commit benches.
+const WRITERS: [usize; 4] = [1, 8, 32, 128];
+
+/// One writer's `record` + `remove` pair (or its baseline's equivalent).
+type Pair = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Runs `iters` pairs spread over `writers` concurrent tasks; the time per
+/// pair, all writers together, times `iters`.
+fn concurrent_pairs(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    writers: usize,
+    pair: &Pair,
+) -> Duration {
+    let per_writer = iters.div_ceil(writers as u64).max(1);
+    rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| {
+                let pair = Arc::clone(pair);
+                tokio::spawn(async move {
+                    for _ in 0..per_writer {
+                        pair().await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let done = per_writer * writers as u64;
+        start.elapsed().mul_f64(iters as f64 / done as f64)
+    })
+}
+
+fn bench_pairs(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    name: &str,
+    pair: &Pair,
+) {
+    bench_pairs_at(c, rt, group, name, pair, &WRITERS);
+}
+
+fn bench_pairs_at(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    name: &str,
+    pair: &Pair,
+    writer_counts: &[usize],
+) {
+    let mut g = c.benchmark_group(group);
+    for &writers in writer_counts {
+        g.bench_function(BenchmarkId::new(name, writers), |b| {
+            b.iter_custom(|iters| concurrent_pairs(rt, iters, writers, pair));
+        });
+    }
+    g.finish();
+}
+
+fn leasehold_pair<L: ChangeLog + Clone + 'static>(log: &L) -> Pair {
+    let log = log.clone();
+    let owner = OwnerId::new("bench-writer");
+    Arc::new(move || {
+        let (log, owner) = (log.clone(), owner.clone());
+        Box::pin(async move {
+            let fence = log.record(&owner, vec![7_u8; 64]).await.unwrap();
+            log.remove(&fence).await.unwrap();
+        })
+    })
+}
+
+/// The hand-written log: a table like the changelog's, two autocommit
+/// statements per pair.
+fn hand_written(
+    dir: &tempfile::TempDir,
+    name: &str,
+    durability: Durability,
+) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.path().join(name)).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let sync = match durability {
+        Durability::PowerLoss => "FULL",
+        _ => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};
+         CREATE TABLE IF NOT EXISTS intents (
+             id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL,
+             generation INTEGER NOT NULL, payload BLOB NOT NULL);"
+    ))
+    .unwrap();
+    conn
+}
+
+fn hand_written_pair(conn: &rusqlite::Connection) {
+    let id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO intents (owner, generation, payload) VALUES (?1, 1, ?2) RETURNING id",
+        )
+        .unwrap()
+        .query_row(rusqlite::params!["bench-writer", vec![7_u8; 64]], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    conn.prepare_cached("DELETE FROM intents WHERE id = ?1 AND owner = ?2 AND generation = 1")
+        .unwrap()
+        .execute(rusqlite::params![id, "bench-writer"])
+        .unwrap();
+}
+
+/// One connection behind a mutex, each statement on the blocking pool.
+fn mutex_connection_pair(conn: rusqlite::Connection) -> Pair {
+    let conn = Arc::new(std::sync::Mutex::new(conn));
+    Arc::new(move || {
+        let conn = Arc::clone(&conn);
+        Box::pin(async move {
+            let insert = Arc::clone(&conn);
+            let id: i64 = tokio::task::spawn_blocking(move || {
+                insert
+                    .lock()
+                    .unwrap()
+                    .prepare_cached(
+                        "INSERT INTO intents (owner, generation, payload) VALUES (?1, 1, ?2) RETURNING id",
+                    )
+                    .unwrap()
+                    .query_row(rusqlite::params!["bench-writer", vec![7_u8; 64]], |row| row.get(0))
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            tokio::task::spawn_blocking(move || {
+                conn.lock()
+                    .unwrap()
+                    .prepare_cached(
+                        "DELETE FROM intents WHERE id = ?1 AND owner = ?2 AND generation = 1",
+                    )
+                    .unwrap()
+                    .execute(rusqlite::params![id, "bench-writer"])
+                    .unwrap();
+            })
+            .await
+            .unwrap();
+        })
+    })
+}
+
+/// The two statements called directly on the writer's thread.
+fn direct_pair(conn: rusqlite::Connection) -> Pair {
+    let conn = Arc::new(std::sync::Mutex::new(conn));
+    Arc::new(move || {
+        hand_written_pair(&conn.lock().unwrap());
+        Box::pin(async {})
+    })
+}
+
+/// The serial fsync limit: one 64-byte write + fdatasync per operation,
+/// overwriting a preallocated file in place (as SQLite reuses its WAL), so
+/// that no fsync also has to write the file's size.
+fn fsync_pair(dir: &tempfile::TempDir) -> Pair {
+    use std::os::unix::fs::FileExt;
+    const SPAN: u64 = 1 << 20;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("fsync-loop"))
+        .unwrap();
+    file.write_all_at(&vec![0_u8; SPAN as usize], 0).unwrap();
+    file.sync_all().unwrap();
+    let state = Arc::new(std::sync::Mutex::new((file, 0_u64)));
+    Arc::new(move || {
+        let mut state = state.lock().unwrap();
+        let (file, offset) = &mut *state;
+        for _ in 0..2 {
+            file.write_all_at(&[7_u8; 64], *offset).unwrap();
+            file.sync_data().unwrap();
+            *offset = (*offset + 64) % SPAN;
+        }
+        Box::pin(async {})
+    })
+}
+
+fn bench_group_commit_sqlite(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    dir: &tempfile::TempDir,
+    clock: &ManualClock,
+) {
+    let full = sqlite(dir, "gc-full.db", Durability::PowerLoss, clock);
+    let group = "group_commit_power_loss";
+    bench_pairs(c, rt, group, "leasehold", &leasehold_pair(&full));
+    let conn = hand_written(dir, "gc-mutex-full.db", Durability::PowerLoss);
+    bench_pairs(
+        c,
+        rt,
+        group,
+        "mutex_connection",
+        &mutex_connection_pair(conn),
+    );
+    // Serial: the same at every W.
+    bench_pairs_at(c, rt, group, "fsync_loop", &fsync_pair(dir), &[1]);
+
+    let normal = sqlite(dir, "gc-normal.db", Durability::ProcessCrash, clock);
+    let group = "group_commit_process_crash";
+    bench_pairs(c, rt, group, "leasehold", &leasehold_pair(&normal));
+    let conn = hand_written(dir, "gc-mutex-normal.db", Durability::ProcessCrash);
+    bench_pairs(
+        c,
+        rt,
+        group,
+        "mutex_connection",
+        &mutex_connection_pair(conn),
+    );
+    let conn = hand_written(dir, "gc-direct-normal.db", Durability::ProcessCrash);
+    bench_pairs(c, rt, group, "direct", &direct_pair(conn));
+}
+
+/// Prints one group-commit table: pairs/s per contender and W, and each
+/// contender's throughput as a multiple of `baseline`'s.
+fn print_group_commit(group: &str, contenders: &[&str], baseline: &str) {
+    println!(
+        "\n## {group}: record+remove pairs/s, all writers together (× = throughput / {baseline}'s)"
+    );
+    let mut header = format!("| {:<5} |", "W");
+    for contender in contenders {
+        header += &format!(" {contender:<26} |");
+    }
+    println!("{header}");
+    println!("|{}", "---|".repeat(contenders.len() + 1));
+    for writers in WRITERS {
+        let case = writers.to_string();
+        let ns = |contender: &str| common::mean_ns(group, &format!("{contender}/{case}"));
+        // A serial baseline is measured at W = 1 only.
+        let base = ns(baseline).or_else(|| common::mean_ns(group, &format!("{baseline}/1")));
+        let mut row = format!("| {case:<5} |");
+        for contender in contenders {
+            let own = ns(contender).or_else(|| {
+                (contender == &baseline)
+                    .then(|| common::mean_ns(group, &format!("{baseline}/1")))
+                    .flatten()
+            });
+            let cell = match (own, base) {
+                (Some(t), Some(b)) => format!("{:.0} ({:.2}x)", 1e9 / t, b / t),
+                (Some(t), None) => format!("{:.0}", 1e9 / t),
+                _ => "not run".to_owned(),
+            };
+            row += &format!(" {cell:<26} |");
+        }
+        println!("{row}");
+    }
+}
+
 /// The PostgreSQL contender, in a schema of its own (dropped at the end).
 #[cfg(feature = "postgres")]
 struct Postgres {
@@ -212,7 +486,7 @@ impl Postgres {
                     .await
                     .unwrap();
             tokio::spawn(connection);
-            for table in ["rr", "claim", "fenced"] {
+            for table in ["rr", "claim", "fenced", "gc", "gc4"] {
                 client
                     .batch_execute(&format!(
                         "DROP SCHEMA IF EXISTS {}_{table} CASCADE",
@@ -269,6 +543,87 @@ fn bench_fenced_postgres(
     group.finish();
 }
 
+/// Group commit on PostgreSQL: the log with its default pool, the log with
+/// the previous default of 4 connections, and tokio-postgres + deadpool by
+/// hand with the log's pool size.
+#[cfg(feature = "postgres")]
+fn bench_group_commit_postgres(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    pg: &Postgres,
+    clock: &ManualClock,
+) -> usize {
+    let group = "group_commit_postgres";
+    let log = pg.log(rt, "gc", clock);
+    let pool_size = log.pool_size();
+    bench_pairs(c, rt, group, "leasehold", &leasehold_pair(&log));
+    let small = rt
+        .block_on(
+            leasehold::changelog::PostgresChangeLog::builder(&pg.url)
+                .schema(format!("{}_gc4", pg.schema))
+                .staleness(STALENESS)
+                .clock(Arc::new(clock.clone()))
+                .pool_size(4)
+                .open(),
+        )
+        .unwrap();
+    bench_pairs(c, rt, group, "leasehold_pool_4", &leasehold_pair(&small));
+
+    let table = format!("\"{}_gc\".intents", pg.schema);
+    let config: leasehold::tokio_postgres::Config = pg.url.parse().unwrap();
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        leasehold::tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(pool_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        pool.get()
+            .await
+            .unwrap()
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
+                     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, owner TEXT NOT NULL,
+                     generation BIGINT NOT NULL, payload BYTEA NOT NULL)"
+            ))
+            .await
+            .unwrap();
+    });
+    let insert = Arc::new(format!(
+        "INSERT INTO {table} (owner, generation, payload) VALUES ($1, 1, $2) RETURNING id"
+    ));
+    let delete = Arc::new(format!(
+        "DELETE FROM {table} WHERE id = $1 AND owner = $2 AND generation = 1"
+    ));
+    let by_hand: Pair = Arc::new(move || {
+        let (pool, insert, delete) = (pool.clone(), Arc::clone(&insert), Arc::clone(&delete));
+        Box::pin(async move {
+            let client = pool.get().await.unwrap();
+            let statement = client.prepare_cached(&insert).await.unwrap();
+            let row = client
+                .query_one(&statement, &[&"bench-writer", &vec![7_u8; 64]])
+                .await
+                .unwrap();
+            let id: i64 = row.get(0);
+            drop(client);
+            let client = pool.get().await.unwrap();
+            let statement = client.prepare_cached(&delete).await.unwrap();
+            client
+                .execute(&statement, &[&id, &"bench-writer"])
+                .await
+                .unwrap();
+        })
+    });
+    bench_pairs(c, rt, group, "deadpool", &by_hand);
+    pool_size
+}
+
 #[cfg(not(feature = "postgres"))]
 struct Postgres;
 
@@ -321,9 +676,16 @@ fn main() {
     if let Some(pg) = &postgres {
         let log = pg.log(&rt, "fenced", &clock);
         bench_fenced_postgres(&mut c, &rt, &log);
-        pg.drop_schemas(&rt);
     }
     let postgres_ran = postgres.is_some();
+
+    bench_group_commit_sqlite(&mut c, &rt, &dir, &clock);
+    #[cfg(feature = "postgres")]
+    let pg_pool = postgres.as_ref().map(|pg| {
+        let size = bench_group_commit_postgres(&mut c, &rt, pg, &clock);
+        pg.drop_schemas(&rt);
+        size
+    });
 
     c.final_summary();
     let contenders: &[&str] = if postgres_ran {
@@ -360,6 +722,31 @@ fn main() {
             "| {contender:<22} | record+remove round trips/s {:>10} | entries claimed/s {:>10} |",
             per_s(rr, 1.0),
             per_s(claim, CLAIMED as f64)
+        );
+    }
+
+    print_group_commit(
+        "group_commit_power_loss",
+        &["leasehold", "mutex_connection", "fsync_loop"],
+        "mutex_connection",
+    );
+    print_group_commit(
+        "group_commit_power_loss",
+        &["leasehold", "mutex_connection", "fsync_loop"],
+        "fsync_loop",
+    );
+    print_group_commit(
+        "group_commit_process_crash",
+        &["leasehold", "mutex_connection", "direct"],
+        "direct",
+    );
+    #[cfg(feature = "postgres")]
+    if let Some(size) = pg_pool {
+        println!("\n(PostgreSQL: the log's default pool and deadpool's: {size} connections)");
+        print_group_commit(
+            "group_commit_postgres",
+            &["leasehold", "leasehold_pool_4", "deadpool"],
+            "deadpool",
         );
     }
 }

@@ -52,7 +52,7 @@
 //! the horizon missing. `saved_by_fence` counts refused readers whose pinned
 //! version was already deleted: reads the fence stopped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -753,6 +753,9 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
         reader_flags.push("--unfenced".to_owned());
     }
     let (said_tx, mut said) = mpsc::unbounded_channel();
+    // SIGINT or SIGTERM stops the demo; returning drops the children, which
+    // are spawned with `kill_on_drop`: none outlives the demo.
+    let mut interrupt = Interrupt::new()?;
     let mut compactor = spawn_role("compactor", &child_args, usize::MAX, &said_tx)?;
     let mut slots: Vec<Slot> = (0..readers)
         .map(|slot| {
@@ -825,6 +828,16 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
                 tally.lags.push(lag);
             }
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            signal = interrupt.recv() => {
+                for s in &mut slots {
+                    let _ = s.child.start_kill();
+                    let _ = s.child.wait().await;
+                }
+                let _ = compactor.start_kill();
+                let _ = compactor.wait().await;
+                let stopped = slots.len() as u64 + 1;
+                return Err(Box::new(Interrupted { signal, stopped }));
+            }
         }
         let now = Instant::now();
         for s in &mut slots {
@@ -1009,47 +1022,63 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
 
 // ------------------------------------------------------------------- main --
 
-/// `--key value` and `--flag` arguments after the subcommand.
-#[derive(Clone)]
-struct Args {
-    values: HashMap<String, String>,
-    flags: HashSet<String>,
+#[path = "common/args.rs"]
+mod args;
+use args::{Args, Kind, Opt};
+#[path = "common/interrupt.rs"]
+mod interrupt;
+use interrupt::{Interrupt, Interrupted};
+
+const USAGE: &str = "\
+lease_gc: a compactor deletes old versions while readers hold leases on them; readers are
+SIGKILLed and SIGSTOPped, and no reader may ever read a deleted version
+
+usage:
+  lease_gc [demo] [--dir D | --postgres URL [--pg-schema S]] [--readers 4] [--seconds 30]
+                  [--ttl-ms 1000] [--timeout-s 300] [--seed S] [--unfenced]
+  lease_gc compactor --db PATH | --postgres URL --pg-schema S  [--ttl-ms 1000]
+  lease_gc reader    --db PATH | --postgres URL --pg-schema S  [--ttl-ms 1000] [--seed S]
+                     [--unfenced]
+
+the demo exits 0 only if its report counts no violation; SIGINT or SIGTERM stops it and
+its child processes (exit status 130 or 143).
+";
+
+/// The options of `command`.
+fn options(command: &str) -> &'static [Opt] {
+    match command {
+        "compactor" => &[
+            ("db", Kind::Text),
+            ("dir", Kind::Text),
+            ("postgres", Kind::Text),
+            ("pg-schema", Kind::Text),
+            ("ttl-ms", Kind::Number),
+        ],
+        "reader" => &[
+            ("db", Kind::Text),
+            ("dir", Kind::Text),
+            ("postgres", Kind::Text),
+            ("pg-schema", Kind::Text),
+            ("ttl-ms", Kind::Number),
+            ("seed", Kind::Number),
+            ("unfenced", Kind::Flag),
+        ],
+        _ => &[
+            ("dir", Kind::Text),
+            ("db", Kind::Text),
+            ("postgres", Kind::Text),
+            ("pg-schema", Kind::Text),
+            ("readers", Kind::Number),
+            ("seconds", Kind::Number),
+            ("ttl-ms", Kind::Number),
+            ("timeout-s", Kind::Number),
+            ("seed", Kind::Number),
+            ("unfenced", Kind::Flag),
+        ],
+    }
 }
 
 impl Args {
-    fn parse(raw: &[String]) -> Self {
-        let mut values = HashMap::new();
-        let mut flags = HashSet::new();
-        let mut iter = raw.iter().peekable();
-        while let Some(arg) = iter.next() {
-            if let Some(key) = arg.strip_prefix("--") {
-                match iter.peek() {
-                    Some(next) if !next.starts_with("--") => {
-                        values.insert(key.to_owned(), iter.next().unwrap().clone());
-                    }
-                    _ => {
-                        flags.insert(key.to_owned());
-                    }
-                }
-            }
-        }
-        Args { values, flags }
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str)
-    }
-
-    fn flag(&self, key: &str) -> bool {
-        self.flags.contains(key)
-    }
-
-    fn num<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
-        self.get(key)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
     fn dir(&self) -> Result<PathBuf, BoxError> {
         self.get("dir")
             .map(PathBuf::from)
@@ -1059,18 +1088,18 @@ impl Args {
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
-    let (command, rest) = match raw.first().map(String::as_str) {
-        Some(cmd @ ("demo" | "compactor" | "reader")) => (cmd.to_owned(), &raw[1..]),
-        _ => ("demo".to_owned(), &raw[..]),
+    let (command, rest) = args::subcommand(&raw, &["demo", "compactor", "reader"], "demo");
+    let args = match Args::parse("lease_gc", rest, options(command), USAGE) {
+        Ok(args) => args,
+        Err(exit) => return exit,
     };
-    let args = Args::parse(rest);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
-        match command.as_str() {
+        match command {
             "compactor" => run_compactor(&args).await.map(|()| true),
             "reader" => run_reader(&args).await.map(|()| true),
             _ => run_demo(&args).await,
@@ -1090,7 +1119,10 @@ fn main() -> ExitCode {
                 source = cause.source();
             }
             eprintln!("lease_gc {command}: {message}");
-            ExitCode::from(2)
+            match error.downcast_ref::<Interrupted>() {
+                Some(interrupted) => interrupted.exit_code(),
+                None => ExitCode::from(2),
+            }
         }
     }
 }

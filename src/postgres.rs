@@ -46,11 +46,18 @@ impl Connect {
         Self::new(Target::Config(Box::new(config)))
     }
 
+    /// `self` with a default pool size of `size` instead of
+    /// [`default_pool_size`] (for a store with little concurrency).
+    pub(crate) fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
     fn new(target: Target) -> Self {
         Connect {
             target,
             make_manager: manager_for(NoTls),
-            pool_size: 4,
+            pool_size: default_pool_size(),
             connect_timeout: Duration::from_secs(10),
             schema: None,
         }
@@ -104,6 +111,15 @@ impl fmt::Debug for Connect {
             .field("schema", &self.schema)
             .finish_non_exhaustive()
     }
+}
+
+/// The default pool size: enough connections for the concurrency a store
+/// sees (each call holds one for a round trip or two; with fewer, callers
+/// queue for a connection while the server idles): 16, or 4 per available
+/// core on larger machines (deadpool's own default).
+pub(crate) fn default_pool_size() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (4 * cores).max(16)
 }
 
 fn manager_for<T>(tls: T) -> MakeManager

@@ -2,7 +2,12 @@
 //! changelog and the scan checkpoint): opening a database file in WAL mode,
 //! keeping each component's schema versioned in one `leasehold_schema`
 //! table, so several components (and several processes) share a file
-//! safely, and classifying driver errors.
+//! safely, classifying driver errors, and the group-committed write path
+//! ([`GroupCommit`]).
+
+mod group_commit;
+
+pub(crate) use group_commit::{GroupCommit, Outcome};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -108,6 +113,16 @@ pub(crate) fn open(
         }
     }
     probe(&conn, schema).map_err(in_path)?;
+    Ok(conn)
+}
+
+/// A second connection to a store that [`open`] already opened, for reads:
+/// in WAL mode its reads never wait for the writer, and it can never write.
+pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreFailure> {
+    let in_path = |failure: StoreFailure| failure.context(format!("{}", path.display()));
+    let conn = Connection::open(path).map_err(|error| in_path(error.into()))?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch("PRAGMA query_only = 1")?;
     Ok(conn)
 }
 

@@ -76,8 +76,11 @@ impl PostgresChangeLogBuilder {
         self
     }
 
-    /// At most this many connections per handle (default 4). Connections
-    /// are opened on first use; clones of a handle share its pool.
+    /// At most this many connections per handle (default 16, or 4 per
+    /// available core where that is more). Connections are opened on first
+    /// use; clones of a handle share its pool. Each call holds a connection
+    /// for its round trips: with fewer connections than concurrent calls,
+    /// calls queue for one.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.connect.pool_size = size;
         self
@@ -194,6 +197,7 @@ struct Sql {
     record: String,
     refresh: String,
     remove: String,
+    exists: String,
     scan: String,
     claim: String,
     quarantine_unusable: String,
@@ -228,17 +232,13 @@ impl Sql {
                 "UPDATE {log} SET beat = beat + 1, refreshed_at = now()
                  WHERE id = $1 AND owner = $2 AND generation = $3 AND quarantined IS NULL"
             ),
-            // One round trip: the CTE deletes if the fence owns the row; the
-            // outer query still sees the statement's snapshot, so it tells
-            // "already gone" (no row) from "someone else's now" (a row whose
-            // fence differs: ids are never reused).
-            remove: format!(
-                "WITH deleted AS (
-                     DELETE FROM {log} WHERE id = $1 AND owner = $2 AND generation = $3
-                     RETURNING id)
-                 SELECT (SELECT count(*) FROM deleted),
-                        EXISTS (SELECT 1 FROM {log} WHERE id = $1)"
-            ),
+            // A plain conditional delete: the common case (the owner
+            // removes its entry) is one light statement.
+            remove: format!("DELETE FROM {log} WHERE id = $1 AND owner = $2 AND generation = $3"),
+            // Only when the delete matched nothing: "already gone" (no row)
+            // or "someone else's now" (a row whose fence differs: ids are
+            // never reused, and a fence's generation never comes back).
+            exists: format!("SELECT EXISTS (SELECT 1 FROM {log} WHERE id = $1)"),
             scan: format!(
                 "SELECT id, generation, beat, claims FROM {log} WHERE quarantined IS NULL"
             ),
@@ -422,6 +422,12 @@ impl PostgresChangeLog {
     /// The schema holding the tables, if one was configured.
     pub fn schema(&self) -> Option<&str> {
         self.shared.schema.as_deref()
+    }
+
+    /// The most connections this handle (and its clones) opens
+    /// ([`pool_size`](PostgresChangeLogBuilder::pool_size)).
+    pub fn pool_size(&self) -> usize {
+        self.shared.pool.status().max_size
     }
 
     /// A pooled connection to the log's database, for your own statements
@@ -645,19 +651,23 @@ impl ChangeLog for PostgresChangeLog {
     async fn remove(&self, fence: &Fence) -> Result<Removal, ChangeLogError> {
         let (client, statement) = self.prepared(|s| &s.remove).await?;
         let (id, owner, generation) = fence_params(fence);
-        let row = client
-            .query_one(&statement, &[&id, &owner, &generation])
+        let deleted = client
+            .execute(&statement, &[&id, &owner, &generation])
             .await
             .map_err(pg)?;
-        let deleted: i64 = row.get(0);
-        let existed: bool = row.get(1);
-        Ok(match (deleted, existed) {
-            (1, _) => {
-                self.shared.observations.lock().forget(fence.id().get());
-                Removal::Removed
-            }
-            (_, true) => Removal::Fenced,
-            (_, false) => Removal::Absent,
+        if deleted == 1 {
+            self.shared.observations.lock().forget(fence.id().get());
+            return Ok(Removal::Removed);
+        }
+        let exists = client
+            .prepare_cached(&self.shared.sql.exists)
+            .await
+            .map_err(pg)?;
+        let row = client.query_one(&exists, &[&id]).await.map_err(pg)?;
+        Ok(if row.get(0) {
+            Removal::Fenced
+        } else {
+            Removal::Absent
         })
     }
 

@@ -204,6 +204,7 @@ impl LeaseTableError {
 
     /// The heartbeat's view: a failing table is worth a retry while the
     /// lease is valid (after it, the lease times out by itself).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn into_backend(self) -> BackendError {
         BackendError::transient(self)
     }

@@ -109,10 +109,13 @@ pub use error::{BackendError, ConfigError, FencedReadError, LeaseError, LeaseTab
 pub use handle::{Lease, LeaseStats, SeqnoLease};
 pub use memory::{MemoryReader, MemoryShard, ReaderId, ReaderState, ShardStats};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PostgresLeaseReader, PostgresLeaseTable, PostgresLeaseTableBuilder};
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteLeaseReader, SqliteLeaseTable, SqliteLeaseTableBuilder};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use table::{ReaderFence, ReaderRow, TableSince};
 
 #[cfg(loom)]

@@ -188,7 +188,7 @@ impl PostgresProgressStore {
         scan: impl Into<String>,
     ) -> PostgresProgressStoreBuilder {
         PostgresProgressStoreBuilder {
-            connect: Connect::url(url.into()),
+            connect: Connect::url(url.into()).with_pool_size(4),
             scan: scan.into(),
         }
     }
@@ -200,7 +200,7 @@ impl PostgresProgressStore {
         scan: impl Into<String>,
     ) -> PostgresProgressStoreBuilder {
         PostgresProgressStoreBuilder {
-            connect: Connect::config(config),
+            connect: Connect::config(config).with_pool_size(4),
             scan: scan.into(),
         }
     }

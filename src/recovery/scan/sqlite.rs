@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::error::ProgressStoreError;
 use super::progress::{
     Checkpoint, CheckpointWithGivenUp, ProgressStore, ScopeFingerprint, resume_from_row,
     resume_to_row,
 };
-use crate::sqlite::{self, Schema, Synchronous};
+use crate::sqlite::{self, GroupCommit, Outcome, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";
@@ -82,8 +82,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// not overlap, and both record their schema version in `leasehold_schema`.
 ///
 /// The database runs in WAL mode with `synchronous = FULL`: a `save` that
-/// returned survives power loss. Every call runs on tokio's blocking pool,
-/// never on an executor thread; clones share one connection.
+/// returned survives power loss. Writes (`save`, `clear`) go to a writer
+/// thread that commits the writes of concurrent callers together, one fsync
+/// for all of them, and answers each once its write has committed; reads
+/// run on tokio's blocking pool. Never on an executor thread. Clones share
+/// the writer.
 ///
 /// # Examples
 ///
@@ -110,7 +113,10 @@ pub struct SqliteProgressStore {
 struct Shared {
     path: PathBuf,
     scan: String,
-    conn: Mutex<Connection>,
+    /// The write path, group-committed.
+    writer: GroupCommit,
+    /// Reads: a WAL reader, never waiting for the writer.
+    reader: Mutex<Connection>,
 }
 
 impl SqliteProgressStore {
@@ -153,13 +159,21 @@ impl SqliteProgressStore {
         scan: impl Into<String>,
     ) -> Result<Self, ProgressStoreError> {
         let path = path.as_ref().to_owned();
-        let conn = sqlite::open(&path, BUSY_TIMEOUT, Synchronous::Full, &SCHEMA)
-            .map_err(|failure| ProgressStoreError::from_failure(BACKEND, failure))?;
+        let failed = |failure| ProgressStoreError::from_failure(BACKEND, failure);
+        let conn = sqlite::open(&path, BUSY_TIMEOUT, Synchronous::Full, &SCHEMA).map_err(failed)?;
+        let reader = sqlite::open_reader(&path, BUSY_TIMEOUT).map_err(failed)?;
+        let writer = GroupCommit::start(conn, BUSY_TIMEOUT, false, "leasehold-progress").map_err(
+            |error| ProgressStoreError::Backend {
+                backend: BACKEND,
+                source: format!("cannot start the writer thread: {error}").into(),
+            },
+        )?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
                 scan: scan.into(),
-                conn: Mutex::new(conn),
+                writer,
+                reader: Mutex::new(reader),
             }),
         })
     }
@@ -174,19 +188,39 @@ impl SqliteProgressStore {
         &self.shared.scan
     }
 
-    /// Runs `f` with the connection and scan name on tokio's blocking pool.
-    async fn run<T, F>(&self, f: F) -> Result<T, ProgressStoreError>
+    /// Runs `f` with the read connection and scan name on tokio's
+    /// blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, ProgressStoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &str) -> Result<T, ProgressStoreError> + Send + 'static,
+        F: FnOnce(&Connection, &str) -> Result<T, ProgressStoreError> + Send + 'static,
     {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let mut conn = shared.conn.lock();
-            f(&mut conn, &shared.scan)
+            let conn = shared.reader.lock();
+            f(&conn, &shared.scan)
         })
         .await
         .map_err(worker_gone)?
+    }
+
+    /// Runs `f` on the write path: in a group-committed transaction,
+    /// answered once it committed.
+    async fn write<F>(&self, f: F) -> Result<(), ProgressStoreError>
+    where
+        F: FnOnce(&Transaction<'_>, &str) -> Result<(), rusqlite::Error> + Send + 'static,
+    {
+        let scan = self.shared.scan.clone();
+        let outcome = self.shared.writer.submit(move |tx| f(tx, &scan)).await;
+        match outcome {
+            Outcome::Done(result) => result.map_err(backend),
+            Outcome::NotRun(error) | Outcome::NotCommitted(error) => Err(backend(error)),
+            Outcome::Panicked(panic) => std::panic::resume_unwind(panic),
+            Outcome::WriterGone => Err(ProgressStoreError::Backend {
+                backend: BACKEND,
+                source: "the writer thread is gone".into(),
+            }),
+        }
     }
 }
 
@@ -217,12 +251,9 @@ impl ProgressStore for SqliteProgressStore {
     }
 
     async fn clear(&self) -> Result<(), ProgressStoreError> {
-        self.run(|conn, scan| {
-            conn.execute(
-                "DELETE FROM leasehold_scan_progress WHERE scan = ?1",
-                params![scan],
-            )
-            .map_err(backend)?;
+        self.write(|tx, scan| {
+            tx.prepare_cached("DELETE FROM leasehold_scan_progress WHERE scan = ?1")?
+                .execute(params![scan])?;
             Ok(())
         })
         .await
@@ -236,7 +267,7 @@ impl ProgressStore for SqliteProgressStore {
         &self,
     ) -> Result<Option<CheckpointWithGivenUp>, ProgressStoreError> {
         type Row = (Vec<u8>, i64, Option<Vec<u8>>, Option<Vec<u8>>);
-        self.run(|conn, scan| {
+        self.read(|conn, scan| {
             let row: Option<Row> = conn
                 .query_row(
                     "SELECT scope, position, key, given_up FROM leasehold_scan_progress
@@ -263,23 +294,23 @@ impl ProgressStore for SqliteProgressStore {
         checkpoint: Checkpoint,
         given_up: Vec<Vec<u8>>,
     ) -> Result<(), ProgressStoreError> {
-        self.run(move |conn, scan| {
+        let given_up = encode_given_up(&given_up);
+        self.write(move |tx, scan| {
             let (position, key) = resume_to_row(checkpoint.resume);
-            conn.execute(
+            tx.prepare_cached(
                 "INSERT INTO leasehold_scan_progress (scan, scope, position, key, given_up)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (scan) DO UPDATE
                  SET scope = excluded.scope, position = excluded.position, key = excluded.key,
                      given_up = excluded.given_up",
-                params![
-                    scan,
-                    checkpoint.scope.as_bytes(),
-                    position,
-                    key,
-                    encode_given_up(&given_up)
-                ],
-            )
-            .map_err(backend)?;
+            )?
+            .execute(params![
+                scan,
+                checkpoint.scope.as_bytes(),
+                position,
+                key,
+                given_up
+            ])?;
             Ok(())
         })
         .await
