@@ -184,14 +184,10 @@ pub mod changelog;
 pub mod clock;
 pub mod heartbeat;
 pub mod lease;
-#[cfg(feature = "postgres")]
-mod postgres;
 pub mod recovery;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 pub mod status;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod store_failure;
+mod store;
 mod sync;
 mod trace;
 pub mod watch_cell;

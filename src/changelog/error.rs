@@ -145,9 +145,9 @@ impl ChangeLogError {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_failure(
         backend: &'static str,
-        failure: crate::store_failure::StoreFailure,
+        failure: crate::store::failure::StoreFailure,
     ) -> Self {
-        use crate::store_failure::StoreFailure;
+        use crate::store::failure::StoreFailure;
         match failure {
             StoreFailure::Busy(_) => ChangeLogError::Busy { backend },
             StoreFailure::Unavailable(source) => ChangeLogError::Storage { backend, source },

@@ -19,8 +19,8 @@ use super::{
     to_u64,
 };
 use crate::clock::Clock;
-use crate::postgres::Connect;
-use crate::store_failure::StoreFailure;
+use crate::store::failure::StoreFailure;
+use crate::store::postgres::Connect;
 use crate::sync::Mutex;
 
 const BACKEND: &str = "postgres";

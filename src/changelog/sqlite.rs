@@ -16,7 +16,7 @@ use super::{
     to_u64,
 };
 use crate::clock::Clock;
-use crate::sqlite::{self, GroupCommit, Outcome, Schema, Synchronous};
+use crate::store::sqlite::{self, GroupCommit, Outcome, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";

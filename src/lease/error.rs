@@ -181,9 +181,9 @@ impl LeaseTableError {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_failure(
         backend: &'static str,
-        failure: crate::store_failure::StoreFailure,
+        failure: crate::store::failure::StoreFailure,
     ) -> Self {
-        use crate::store_failure::StoreFailure;
+        use crate::store::failure::StoreFailure;
         match failure {
             StoreFailure::Busy(_) => LeaseTableError::Busy { backend },
             StoreFailure::Unavailable(source) => LeaseTableError::Storage { backend, source },

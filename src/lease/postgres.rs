@@ -18,8 +18,8 @@ use super::table::{ReaderFence, ReaderRow, TableSince, decode_since};
 use crate::changelog::Payload;
 use crate::changelog::staleness::{Observations, Seen};
 use crate::clock::Clock;
-use crate::postgres::Connect;
-use crate::store_failure::StoreFailure;
+use crate::store::failure::StoreFailure;
+use crate::store::postgres::Connect;
 use crate::sync::Mutex;
 
 const BACKEND: &str = "postgres";

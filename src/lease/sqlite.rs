@@ -16,7 +16,7 @@ use super::table::{ReaderFence, ReaderRow, TableSince, decode_since};
 use crate::changelog::staleness::{Observations, Seen};
 use crate::changelog::{Durability, Payload};
 use crate::clock::Clock;
-use crate::sqlite::{self, Schema, Synchronous};
+use crate::store::sqlite::{self, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";

@@ -159,9 +159,9 @@ impl ProgressStoreError {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_failure(
         backend: &'static str,
-        failure: crate::store_failure::StoreFailure,
+        failure: crate::store::failure::StoreFailure,
     ) -> Self {
-        use crate::store_failure::StoreFailure;
+        use crate::store::failure::StoreFailure;
         match failure {
             StoreFailure::Busy(source) | StoreFailure::Unavailable(source) => {
                 ProgressStoreError::Backend { backend, source }

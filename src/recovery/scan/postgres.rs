@@ -13,8 +13,8 @@ use super::progress::{
     Checkpoint, CheckpointWithGivenUp, ProgressStore, ScopeFingerprint, resume_from_row,
     resume_to_row,
 };
-use crate::postgres::Connect;
-use crate::store_failure::StoreFailure;
+use crate::store::failure::StoreFailure;
+use crate::store::postgres::Connect;
 
 const BACKEND: &str = "postgres";
 

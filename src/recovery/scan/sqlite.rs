@@ -12,7 +12,7 @@ use super::progress::{
     Checkpoint, CheckpointWithGivenUp, ProgressStore, ScopeFingerprint, resume_from_row,
     resume_to_row,
 };
-use crate::sqlite::{self, GroupCommit, Outcome, Schema, Synchronous};
+use crate::store::sqlite::{self, GroupCommit, Outcome, Schema, Synchronous};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";

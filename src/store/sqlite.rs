@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, MAIN_DB, OptionalExtension, TransactionBehavior, params};
 
-use crate::store_failure::StoreFailure;
+use crate::store::failure::StoreFailure;
 
 /// The `synchronous` setting: what a committed write survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 
-use crate::store_failure::StoreFailure;
+use crate::store::failure::StoreFailure;
 
 /// Builds the pool's connection manager for a configuration: the TLS
 /// connector is captured here, so the builders need not be generic over it.
