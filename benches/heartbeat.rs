@@ -80,10 +80,9 @@ fn liveness_checks(c: &mut Criterion) {
     let task = runtime.spawn(std::future::pending::<()>());
     let token = CancellationToken::new();
 
+    // Times come from the `Criterion` configured below, so that
+    // `--warm-up-time` and `--measurement-time` on the command line apply.
     let mut group = c.benchmark_group("heartbeat");
-    group
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
 
     group.bench_function("CancellationToken::is_cancelled", |b| {
         b.iter_custom(|iters| {
@@ -175,5 +174,13 @@ fn liveness_checks(c: &mut Criterion) {
     drop(std_clock);
 }
 
-criterion_group!(benches, liveness_checks);
+criterion_group! {
+    name = benches;
+    // Short defaults for a small shared machine; the command line overrides
+    // them (`configure_from_args` runs after this configuration).
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = liveness_checks
+}
 criterion_main!(benches);

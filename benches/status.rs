@@ -1,6 +1,8 @@
 //! Time from publication until N async waiters have all observed `Done`:
 //! `leasehold::status` against `tokio::sync::watch` and `Arc<Notify>` +
-//! `notify_waiters` (with the outcome in a `OnceLock`), in the same run.
+//! `notify_waiters` (with the outcome in a `OnceLock`), in the same run; and
+//! the time from `WatchCell::close` until N `wait_for` waiters have all
+//! returned `Closed` (`watch_cell_close`), against the same peers.
 //!
 //! Each iteration parks N waiter tasks on a current-thread runtime (untimed),
 //! then times the publication and the runtime's running of every woken
@@ -19,8 +21,13 @@ use criterion::{BenchmarkId, Criterion};
 use leasehold::status::{self, SyncOutcome, SyncStatus};
 use tokio::sync::{Notify, watch};
 
-const WAITERS: [usize; 4] = [1, 10, 100, 1000];
-const PEERS: [&str; 3] = ["leasehold", "tokio_watch", "notify_waiters"];
+const WAITERS: [usize; 5] = [1, 10, 100, 1000, 10_000];
+const PEERS: [&str; 4] = [
+    "leasehold",
+    "watch_cell_close",
+    "tokio_watch",
+    "notify_waiters",
+];
 
 /// Per-(peer, N) mean time per iteration of each criterion sample, for the
 /// ratio table.
@@ -54,6 +61,23 @@ fn round(peer: &str, n: usize, ready: &Arc<AtomicUsize>, remaining: &Arc<AtomicU
             Round {
                 waiters,
                 publish: Box::new(move || publisher.publish(SyncOutcome::Success)),
+            }
+        }
+        "watch_cell_close" => {
+            let cell = leasehold::WatchCell::new(false);
+            for _ in 0..n {
+                let (cell, ready, remaining) = (cell.clone(), ready.clone(), remaining.clone());
+                waiters.push(Box::pin(async move {
+                    ready.fetch_add(1, Ordering::Relaxed);
+                    black_box(cell.wait_for(|done| *done).await.unwrap_err());
+                    remaining.fetch_sub(1, Ordering::Release);
+                }));
+            }
+            Round {
+                waiters,
+                publish: Box::new(move || {
+                    cell.close();
+                }),
             }
         }
         "tokio_watch" => {
@@ -162,27 +186,38 @@ fn print_ratio_table() {
     let mut samples = SAMPLES.lock().unwrap();
     println!();
     println!(
-        "publish -> all N waiters observed Done (median of per-sample means; ratio = peer / leasehold)"
+        "publish (or close) -> all N waiters observed it (median of per-sample means; speed vs Notify = Notify time / our time, >= 1.0 is as fast or faster)"
     );
     println!();
-    println!("| N | leasehold | tokio watch | ratio | Notify + notify_waiters | ratio |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| N | Notify + OnceLock | status publish | speed vs Notify | cell close | speed vs Notify | tokio watch | status speed vs watch |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in WAITERS {
         let mut figure = |peer| samples.get_mut(&(peer, n)).map(|s| median(s));
-        let (Some(ours), Some(watch), Some(notify)) = (
+        let (ours, close, watch, notify) = (
             figure("leasehold"),
+            figure("watch_cell_close"),
             figure("tokio_watch"),
             figure("notify_waiters"),
-        ) else {
+        );
+        let Some(notify) = notify else {
             continue; // filtered out on the command line
         };
+        let cell = |t: Option<f64>| t.map_or_else(|| "not run".to_owned(), human);
+        let ratio = |base: Option<f64>, t: Option<f64>| match (base, t) {
+            (Some(base), Some(t)) => format!("{:.2}", base / t),
+            _ => "-".to_owned(),
+        };
         println!(
-            "| {n} | {} | {} | {:.2} | {} | {:.2} |",
-            human(ours),
-            human(watch),
-            watch / ours,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} |",
             human(notify),
-            notify / ours
+            cell(ours),
+            ratio(Some(notify), ours),
+            cell(close),
+            ratio(Some(notify), close),
+            cell(watch),
+            ratio(watch, ours),
         );
     }
 }

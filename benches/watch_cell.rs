@@ -13,7 +13,14 @@
 //!   message. Blocking: `WatchCell::blocking_wait_take` vs `parking_lot`
 //!   Mutex + two Condvars with `notify_one` (baseline); async:
 //!   `WatchCell::wait_take` vs a Mutex + two `tokio::sync::Notify` with
-//!   `notify_one` (baseline).
+//!   `notify_one` (baseline);
+//! - modify under N registered waiters, none satisfied (`modify_lock_hold`):
+//!   the time of one modification, which for `WatchCell` is all spent under
+//!   its lock, with N = 1,000, 10,000, 100,000 threshold waits on a
+//!   `WatchIndex` (`watch_cell_index`), N `wait_for` predicate waits
+//!   (`watch_cell_predicate`), and tokio `watch` with N receivers waiting on
+//!   `wait_for` (`tokio_watch`: the `send_modify` call; the receivers'
+//!   re-checks that follow it are not timed, and are reported separately).
 //!
 //! Run: `cargo bench --bench watch_cell`. Ratios are printed at the end.
 
@@ -420,6 +427,97 @@ fn print_wakeups_per_waiter() {
     }
 }
 
+// ------------------------------------------------ modify under N waiters ---
+
+const REGISTERED: [usize; 3] = [1_000, 10_000, 100_000];
+
+/// Far above any value the benches reach: thresholds that are never met.
+const UNREACHED: u64 = 1 << 40;
+
+/// Per N: tokio receivers' re-check time per `send_modify` (ns), summed
+/// over iterations, and the number of modifications.
+static TOKIO_RECHECKS: Mutex<BTreeMap<usize, (f64, u64)>> = Mutex::new(BTreeMap::new());
+
+/// Polls each future once with a no-op waker; all must stay pending.
+fn poll_all_pending<F: std::future::Future>(futures: &mut [std::pin::Pin<Box<F>>]) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for future in futures {
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+    }
+}
+
+/// One modification with N registered waiters, none of which it satisfies.
+fn modify_lock_hold(c: &mut Criterion) {
+    let mut group = c.benchmark_group("modify_lock_hold");
+    group.sample_size(10);
+    for n in REGISTERED {
+        group.bench_with_input(BenchmarkId::new("watch_cell_index", n), &n, |b, &n| {
+            let cell = WatchCell::new(0_u64);
+            let seqno = cell.index(|v: &u64| *v);
+            let mut waits: Vec<_> = (0..n as u64)
+                .map(|i| Box::pin(seqno.wait_at_least(UNREACHED + i)))
+                .collect();
+            poll_all_pending(&mut waits);
+            assert_eq!(seqno.waiting(), n);
+            b.iter(|| cell.modify(|v| *v += 1));
+            assert_eq!(cell.stats().wakeups, 0);
+        });
+
+        group.bench_with_input(BenchmarkId::new("watch_cell_predicate", n), &n, |b, &n| {
+            let cell = WatchCell::new(0_u64);
+            let mut waits: Vec<_> = (0..n as u64)
+                .map(|i| Box::pin(cell.wait_for(move |v| *v >= UNREACHED + i)))
+                .collect();
+            poll_all_pending(&mut waits);
+            assert_eq!(cell.stats().waiters, n);
+            b.iter(|| cell.modify(|v| *v += 1));
+            assert_eq!(cell.stats().wakeups, 0);
+        });
+
+        group.bench_with_input(BenchmarkId::new("tokio_watch", n), &n, |b, &n| {
+            let (tx, rx) = watch::channel(0_u64);
+            let mut receivers: Vec<_> = (0..n).map(|_| rx.clone()).collect();
+            let mut waits: Vec<_> = receivers
+                .iter_mut()
+                .zip(0_u64..)
+                .map(|(rx, i)| Box::pin(rx.wait_for(move |v| *v >= UNREACHED + i)))
+                .collect();
+            poll_all_pending(&mut waits);
+            b.iter_custom(|iters| {
+                let mut held = Duration::ZERO;
+                let mut rechecks = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    tx.send_modify(|v| *v += 1);
+                    held += start.elapsed();
+                    // Every receiver was woken: it re-checks and re-registers
+                    // (the work `WatchCell` spares it; not the modifier's).
+                    let start = Instant::now();
+                    poll_all_pending(&mut waits);
+                    rechecks += start.elapsed();
+                }
+                let mut tally = TOKIO_RECHECKS.lock();
+                let entry = tally.entry(n).or_default();
+                entry.0 += rechecks.as_nanos() as f64;
+                entry.1 += iters;
+                held
+            });
+        });
+    }
+    group.finish();
+}
+
+fn print_tokio_rechecks() {
+    println!(
+        "\n## modify_lock_hold: tokio watch receivers' re-checks per send_modify (not timed above)"
+    );
+    println!("| N | re-check work per modification |");
+    println!("|---|---|");
+    for (n, (ns, modifications)) in TOKIO_RECHECKS.lock().iter() {
+        println!("| {n} | {} |", common::human(ns / *modifications as f64));
+    }
+}
+
 // ------------------------------------------------------------ work queue ---
 
 const CONSUMERS: usize = 10;
@@ -711,6 +809,7 @@ fn main() {
     fan_out(&mut c);
     work_queue_blocking(&mut c);
     work_queue_async(&mut c);
+    modify_lock_hold(&mut c);
     c.final_summary();
 
     common::print_ratios(
@@ -747,4 +846,13 @@ fn main() {
         "tokio_notify",
     );
     print_work_queue();
+    let cases: Vec<String> = REGISTERED.iter().map(ToString::to_string).collect();
+    let cases: Vec<&str> = cases.iter().map(String::as_str).collect();
+    common::print_ratios(
+        "modify_lock_hold",
+        &cases,
+        &["watch_cell_index", "watch_cell_predicate", "tokio_watch"],
+        "tokio_watch",
+    );
+    print_tokio_rechecks();
 }

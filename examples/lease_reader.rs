@@ -10,7 +10,10 @@
 //! pinning the shard.
 //!
 //! Runs on tokio's paused time: five simulated minutes take milliseconds.
-//! Run with `cargo run --example lease_reader`.
+//! Run with `cargo run --example lease_reader`. It checks what it claims
+//! (the GC horizon never passes a held snapshot, the crashed reader is
+//! expired, the downgrades cost no extra wake-ups) and exits non-zero if
+//! any of it fails.
 
 use std::time::Duration;
 
@@ -18,16 +21,40 @@ use leasehold::lease::{Lease, LeaseConfig, MemoryShard};
 
 const SEC: Duration = Duration::from_secs(1);
 
-fn main() {
-    tokio::runtime::Builder::new_current_thread()
+#[path = "common/args.rs"]
+mod args;
+
+const USAGE: &str = "\
+lease_reader: a reader snapshots a shard slowly while its holds keep advancing (simulated time)
+
+usage: lease_reader
+";
+
+fn main() -> std::process::ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(exit) = args::Args::parse("lease_reader", &raw, &[], USAGE) {
+        return exit;
+    }
+    let failures = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .unwrap()
         .block_on(simulate());
+    if failures.is_empty() {
+        println!("ok: every check held");
+        std::process::ExitCode::SUCCESS
+    } else {
+        for failure in &failures {
+            eprintln!("lease_reader: FAILED: {failure}");
+        }
+        std::process::ExitCode::FAILURE
+    }
 }
 
-async fn simulate() {
+/// Runs the simulation; returns the checks that failed.
+async fn simulate() -> Vec<String> {
+    let mut failures = Vec::new();
     let config = LeaseConfig::builder(60 * SEC).build().unwrap();
     let shard = MemoryShard::new(config.clock().clone(), config.ttl(), 0_u64, 0_u64);
     let start = tokio::time::Instant::now();
@@ -74,6 +101,21 @@ async fn simulate() {
             41 => snapshot = None,
             _ => {}
         }
+        if let Some(held) = &snapshot {
+            if shard.gc_horizon() > *held.seqno() {
+                failures.push(format!(
+                    "t={t}: the GC horizon {} passed the held snapshot {}",
+                    shard.gc_horizon(),
+                    held.seqno()
+                ));
+            }
+        }
+        if t == 120 && shard.readers() != 1 {
+            failures.push(format!(
+                "t={t}: the crashed reader was not expired after the ttl ({} readers)",
+                shard.readers()
+            ));
+        }
         if t % 15 == 7 {
             let stats = lease.stats();
             let held = snapshot
@@ -103,7 +145,20 @@ async fn simulate() {
         shard.since()
     );
 
+    if applied != 300 || shard.since() != 300 {
+        failures.push(format!(
+            "downgrade_since(300) applied {applied}, shard since {}",
+            shard.since()
+        ));
+    }
+
     let stats = lease.stats();
+    if stats.early_wakeups != 1 || stats.wakeups > stats.heartbeats + stats.early_wakeups {
+        failures.push(format!(
+            "the downgrades woke the task: {} wake-ups for {} heartbeats and {} early",
+            stats.wakeups, stats.heartbeats, stats.early_wakeups
+        ));
+    }
     println!(
         "300 maybe_downgrade_since calls and 7 seqno leases cost the task {} wake-ups: \
          {} heartbeats ({} downgrades), {} early (the one downgrade_since)",
@@ -117,5 +172,9 @@ async fn simulate() {
         shard.readers(),
         validity.check().unwrap_err().reason
     );
+    if shard.readers() != 0 {
+        failures.push(format!("{} readers left after expire", shard.readers()));
+    }
     writer.abort();
+    failures
 }

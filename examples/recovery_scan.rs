@@ -10,10 +10,14 @@
 //! third run with a different scope (the node gained a shard) starts over.
 //!
 //! ```text
-//! cargo run --example recovery_scan [path/to/node.db]
+//! cargo run --features sqlite --example recovery_scan [path/to/node.db]
 //! ```
+//!
+//! It checks what it claims (the resume point, no blob left uncopied, the
+//! checkpoint cleared, the scope change) and exits non-zero if any fails.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,14 +28,36 @@ use leasehold::recovery::{
 };
 use leasehold::status::{CancellationToken, SyncOutcome, SyncRegistry};
 
+#[path = "common/args.rs"]
+mod args;
+
 const BLOBS: u64 = 20_000;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+const USAGE: &str = "\
+recovery_scan: a recovery scan of 20,000 blobs, aborted half-way and resumed from its checkpoint
+
+usage: recovery_scan [path/to/node.db]   (default: a temporary file)
+";
+
+fn main() -> std::process::ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let args = match args::Args::parse_with_operands("recovery_scan", &raw, &[], 1, USAGE) {
+        Ok(args) => args,
+        Err(exit) => return exit,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(args.operands.first().map(PathBuf::from))) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("recovery_scan: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let path = std::env::args_os()
-        .nth(1)
-        .map_or_else(|| dir.path().join("node.db"), Into::into);
+    let path = path.unwrap_or_else(|| dir.path().join("node.db"));
     let blobs: Arc<BTreeSet<u64>> = Arc::new((0..BLOBS).collect());
     // How often each blob was actually copied, across every run.
     let copies: Arc<Vec<AtomicU32>> = Arc::new((0..BLOBS).map(|_| AtomicU32::new(0)).collect());
@@ -110,17 +136,15 @@ fn new_scan(
     blobs: &Arc<BTreeSet<u64>>,
     store: SqliteProgressStore,
 ) -> Result<(Scan, leasehold::recovery::ScanControl<u64>), Box<dyn std::error::Error>> {
-    let config = ScanConfig {
-        concurrency: 32,
-        checkpoint_every: 500,
-        window: 256,
-        retry: RetryPolicy {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(500),
-            ..RetryPolicy::default()
-        },
-        ..ScanConfig::default()
-    };
+    let config = ScanConfig::default()
+        .with_concurrency(32)
+        .with_checkpoint_every(500)
+        .with_window(256)
+        .with_retry(
+            RetryPolicy::default()
+                .with_initial(Duration::from_millis(20))
+                .with_max(Duration::from_millis(500)),
+        );
     let scan = RecoveryScan::new(
         Arc::clone(blobs),
         store,

@@ -2,7 +2,9 @@
 //! sync, one sync is cancelled, one fails, one panics. Prints what every
 //! waiter observed.
 //!
-//! Run with `cargo run --example sync_status`.
+//! Run with `cargo run --example sync_status`. It checks that every waiter
+//! observed its sync's outcome and that the registry freed every key, and
+//! exits non-zero otherwise.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,8 +42,57 @@ fn handlers(
         .collect()
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+#[path = "common/args.rs"]
+mod args;
+
+const USAGE: &str = "\
+sync_status: simulated blob syncs, several waiters each; one cancelled, one failed, one panicking
+
+usage: sync_status
+";
+
+fn main() -> std::process::ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(exit) = args::Args::parse("sync_status", &raw, &[], USAGE) {
+        return exit;
+    }
+    let failures = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime")
+        .block_on(simulate());
+    if failures.is_empty() {
+        println!("ok: every waiter observed its sync's outcome");
+        std::process::ExitCode::SUCCESS
+    } else {
+        for failure in &failures {
+            eprintln!("sync_status: FAILED: {failure}");
+        }
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Whether `observed` is the outcome `expected` names.
+fn is(observed: &SyncOutcome, expected: &str) -> bool {
+    match (observed, expected) {
+        (SyncOutcome::Success, "success")
+        | (SyncOutcome::Skipped, "skipped")
+        | (SyncOutcome::Cancelled, "cancelled") => true,
+        (SyncOutcome::Failed(reason), expected) => expected
+            .strip_prefix("failed: ")
+            .is_some_and(|wanted| reason.contains(wanted)),
+        _ => false,
+    }
+}
+
+/// Runs the simulation; returns the checks that failed.
+async fn simulate() -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut check = |what: String, observed: &SyncOutcome, expected: &str| {
+        if !is(observed, expected) {
+            failures.push(format!("{what} observed `{observed}`, expected {expected}"));
+        }
+    };
     // Paused time: the simulated copies take no wall-clock time.
     tokio::time::pause();
     // The registry catches the blob-5 panic; keep the default hook's
@@ -85,31 +136,42 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(15)).await;
     println!("cancelling blob-3");
     let cancelled = syncs.cancel("blob-3").expect("blob-3 is in flight");
-    println!("  blob-3 job finished with: {}", cancelled.done().await);
+    let outcome = cancelled.done().await;
+    println!("  blob-3 job finished with: {outcome}");
+    check("the cancelled blob-3 job".into(), &outcome, "cancelled");
 
-    for (blob, waiters) in [
-        ("blob-1", blob1),
-        ("blob-2", blob2),
-        ("blob-3", blob3),
-        ("blob-4", blob4),
-        ("blob-5", blob5),
+    for (blob, waiters, expected) in [
+        ("blob-1", blob1, "success"),
+        ("blob-2", blob2, "skipped"),
+        ("blob-3", blob3, "cancelled"),
+        ("blob-4", blob4, "failed: checksum mismatch"),
+        ("blob-5", blob5, "failed: index out of bounds"),
     ] {
         for (i, waiter) in waiters.iter().enumerate() {
-            println!("{blob} waiter {i} observed: {}", waiter.done().await);
+            let outcome = waiter.done().await;
+            println!("{blob} waiter {i} observed: {outcome}");
+            check(format!("{blob} waiter {i}"), &outcome, expected);
         }
     }
     let observed = tokio::task::spawn_blocking(move || blocking_waiter.join().unwrap())
         .await
         .unwrap();
     println!("blob-1 blocking thread observed: {observed}");
+    check("the blob-1 blocking thread".into(), &observed, "success");
 
     // Every key was freed in the same step that published its outcome.
-    println!("{} jobs in flight", syncs.in_flight());
+    let in_flight = syncs.in_flight();
+    println!("{in_flight} jobs in flight");
     let again = syncs
         .start("blob-1", |_| async { SyncOutcome::Skipped })
         .into_receiver();
-    println!(
-        "blob-1 requested again (a fresh job): {}",
-        again.done().await
-    );
+    let outcome = again.done().await;
+    println!("blob-1 requested again (a fresh job): {outcome}");
+    check("blob-1 requested again".into(), &outcome, "skipped");
+    if in_flight != 0 {
+        failures.push(format!(
+            "{in_flight} jobs still in flight after every outcome"
+        ));
+    }
+    failures
 }

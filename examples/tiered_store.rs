@@ -27,7 +27,8 @@
 //!    leaks that one file, an orphan, never a dangling reference; a real
 //!    store sweeps unreferenced blobs older than the staleness threshold.)
 //!
-//! The metadata tables live in the changelog's own database, so that the
+//! The changelog backend is chosen at run time (an
+//! [`AnyChangeLog`](leasehold::changelog::AnyChangeLog)). The metadata tables live in the changelog's own database, so that the
 //! fence check and the CAS can be one transaction: `changelog.db` in the
 //! store directory (SQLite, one file), or the changelog's PostgreSQL schema
 //! with `--postgres`.
@@ -38,17 +39,23 @@
 //! cleanup, reading the metadata from the store. Staleness is judged by each
 //! claimer on its own monotonic clock, never by comparing wall clocks.
 //!
-//! Run `cargo run --release --example tiered_store` for the demonstration:
+//! Run `cargo run --release --features sqlite --example tiered_store` for the demonstration:
 //! writer processes killed with SIGKILL at random points, stalled
 //! heartbeats, a recovery loop, a progress line, and a final report whose
-//! orphan and dangling counts must be 0. Subcommands run each role as its
+//! orphan and dangling counts must be 0 (else it exits 1). SIGINT or
+//! SIGTERM stops the demo's writer processes, then the demo (exit status
+//! 130 or 143); `--help` prints the usage, and an unknown option or a bad
+//! value is an error with exit status 2. With the `tracing` feature,
+//! `RUST_LOG=leasehold=info` (any `tracing-subscriber` filter) prints the
+//! crate's events on stderr: claims, cleanups, quarantines, lost validity.
+//! Subcommands run each role as its
 //! own process (the crash-torture test drives them):
 //!
 //! ```text
 //! tiered_store [demo] [--dir D] [--writers 3] [--kills 20] [--stall-every 25]
 //! tiered_store writer   --dir D [--objects 64] [--count N] [--stall-every N] [--seed S]
 //!                       [--write-ms N] [--announce-commits] [--gate-commits]
-//! tiered_store recovery --dir D [--until-empty] [--timeout-s 60] [--batch 50]
+//! tiered_store recovery --dir D [--until-empty] [--timeout-s 120] [--batch 50]
 //! tiered_store verify   --dir D
 //! ```
 //!
@@ -84,14 +91,14 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "postgres")]
 use leasehold::changelog::PostgresChangeLog;
 use leasehold::changelog::{
-    Advanced, Attempt, BoxError, ChangeLog, ChangeLogError, ChangeManager, ClaimedEntry, Cleanup,
-    CommitError, DecodeError, EntryId, EntryInfo, EntryState, Fence, FencedCommitError,
-    FieldReader, FieldWriter, FinishError, OwnerId, Ownership, Payload, Phase, Removal,
-    SqliteChangeLog,
+    Advanced, AnyChangeLog, Attempt, BoxError, ChangeLog, ChangeLogError, ChangeManager,
+    ClaimedEntry, Cleanup, CommitError, DecodeError, EntryId, EntryInfo, EntryState, Fence,
+    FencedCommitError, FieldReader, FieldWriter, FinishError, OwnerId, Ownership, Payload, Phase,
+    Removal, SqliteChangeLog,
 };
 use leasehold::heartbeat::HeartbeatConfig;
 use leasehold::recovery::{RecoveryConfig, RecoveryLoop};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// An entry goes stale once a claimer has seen its heartbeat unchanged for
@@ -145,7 +152,7 @@ impl Payload for Intent {
 #[derive(Clone, Debug)]
 struct Store {
     dir: PathBuf,
-    log: StoreLog,
+    log: AnyChangeLog,
     /// SQLite: our own connection to the changelog's file, for reads and
     /// counters (commits go through the log's `commit_fenced`).
     sqlite: Option<Arc<Mutex<Connection>>>,
@@ -188,14 +195,14 @@ impl Store {
         let dir = args.dir()?;
         std::fs::create_dir_all(dir.join("blobs"))?;
         let log = match args.get("postgres") {
-            None => StoreLog::Sqlite(
+            None => AnyChangeLog::Sqlite(
                 SqliteChangeLog::builder(dir.join("changelog.db"))
                     .staleness(STALENESS)
                     .open()
                     .await?,
             ),
             #[cfg(feature = "postgres")]
-            Some(url) => StoreLog::Postgres(
+            Some(url) => AnyChangeLog::Postgres(
                 PostgresChangeLog::builder(url)
                     .schema(args.get("pg-schema").unwrap_or("tiered_store"))
                     .staleness(STALENESS)
@@ -208,7 +215,7 @@ impl Store {
             }
         };
         let sqlite = match &log {
-            StoreLog::Sqlite(log) => {
+            AnyChangeLog::Sqlite(log) => {
                 let path = log.path().to_owned();
                 let conn = tokio::task::spawn_blocking(move || {
                     let conn = Connection::open(path)?;
@@ -220,7 +227,7 @@ impl Store {
                 Some(Arc::new(Mutex::new(conn)))
             }
             #[cfg(feature = "postgres")]
-            StoreLog::Postgres(log) => {
+            AnyChangeLog::Postgres(log) => {
                 let mut client = log.client().await?;
                 let tx = client.transaction().await?;
                 // Serialized: concurrent CREATE TABLE IF NOT EXISTS can fail.
@@ -244,6 +251,7 @@ impl Store {
                 tx.commit().await?;
                 None
             }
+            _ => unreachable!("the store opens SQLite or PostgreSQL"),
         };
         Ok(Store { dir, log, sqlite })
     }
@@ -266,7 +274,7 @@ impl Store {
     async fn current(&self, object: &str) -> Result<Option<String>, BoxError> {
         let object = object.to_owned();
         match (&self.log, &self.sqlite) {
-            (StoreLog::Sqlite(_), Some(conn)) => {
+            (AnyChangeLog::Sqlite(_), Some(conn)) => {
                 Self::sqlite(conn, move |c| {
                     c.query_row("SELECT blob FROM objects WHERE name = ?1", [object], |r| {
                         r.get(0)
@@ -276,7 +284,7 @@ impl Store {
                 .await
             }
             #[cfg(feature = "postgres")]
-            (StoreLog::Postgres(log), _) => {
+            (AnyChangeLog::Postgres(log), _) => {
                 let client = log.client().await?;
                 let sql = format!(
                     "SELECT blob FROM {} WHERE name = $1",
@@ -294,7 +302,7 @@ impl Store {
     async fn landed(&self, blob: &str) -> Result<bool, BoxError> {
         let blob = blob.to_owned();
         match (&self.log, &self.sqlite) {
-            (StoreLog::Sqlite(_), Some(conn)) => {
+            (AnyChangeLog::Sqlite(_), Some(conn)) => {
                 Self::sqlite(conn, move |c| {
                     c.prepare_cached("SELECT 1 FROM commits WHERE blob = ?1")?
                         .exists([blob])
@@ -302,7 +310,7 @@ impl Store {
                 .await
             }
             #[cfg(feature = "postgres")]
-            (StoreLog::Postgres(log), _) => {
+            (AnyChangeLog::Postgres(log), _) => {
                 let client = log.client().await?;
                 let sql = format!("SELECT 1 FROM {} WHERE blob = $1", pg_table(log, "commits"));
                 Ok(client.query_opt(&sql, &[&blob]).await?.is_some())
@@ -318,7 +326,7 @@ impl Store {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let bumped: Result<(), BoxError> = match (&self.log, &self.sqlite) {
-                (StoreLog::Sqlite(_), Some(conn)) => {
+                (AnyChangeLog::Sqlite(_), Some(conn)) => {
                     Self::sqlite(conn, move |c| {
                         c.execute(
                             "INSERT INTO counters (name, value) VALUES (?1, 1)
@@ -330,7 +338,7 @@ impl Store {
                     .await
                 }
                 #[cfg(feature = "postgres")]
-                (StoreLog::Postgres(log), _) => {
+                (AnyChangeLog::Postgres(log), _) => {
                     async {
                         let client = log.client().await?;
                         let table = pg_table(log, "counters");
@@ -363,7 +371,7 @@ impl Store {
     /// Every object row, and every counter.
     async fn snapshot(&self) -> Result<(Vec<(String, String, u64)>, Vec<(String, u64)>), BoxError> {
         match (&self.log, &self.sqlite) {
-            (StoreLog::Sqlite(_), Some(conn)) => {
+            (AnyChangeLog::Sqlite(_), Some(conn)) => {
                 Self::sqlite(conn, |c| {
                     let rows = c
                         .prepare("SELECT name, blob, version FROM objects")?
@@ -378,7 +386,7 @@ impl Store {
                 .await
             }
             #[cfg(feature = "postgres")]
-            (StoreLog::Postgres(log), _) => {
+            (AnyChangeLog::Postgres(log), _) => {
                 let client = log.client().await?;
                 let rows = client
                     .query(
@@ -413,7 +421,7 @@ impl Store {
     async fn cas(&self, fence: Fence, intent: &Intent) -> Result<(), FencedCommitError<CasError>> {
         let intent = intent.clone();
         match &self.log {
-            StoreLog::Sqlite(log) => {
+            AnyChangeLog::Sqlite(log) => {
                 log.commit_fenced(&fence, move |tx| {
                     let changed = match &intent.old_blob {
                         Some(old) => tx.execute(
@@ -440,7 +448,7 @@ impl Store {
                 .await
             }
             #[cfg(feature = "postgres")]
-            StoreLog::Postgres(log) => {
+            AnyChangeLog::Postgres(log) => {
                 let objects = pg_table(log, "objects");
                 let commits = pg_table(log, "commits");
                 log.commit_fenced(&fence, move |tx| {
@@ -482,6 +490,7 @@ impl Store {
                 })
                 .await
             }
+            _ => unreachable!("the store opens SQLite or PostgreSQL"),
         }
     }
 }
@@ -535,81 +544,15 @@ impl Cleanup<Intent> for TieredCleanup {
 
 // -------------------------------------------------------------- changelog --
 
-/// The store's changelog: SQLite (the default) or PostgreSQL.
-#[derive(Clone, Debug)]
-enum StoreLog {
-    Sqlite(SqliteChangeLog),
-    #[cfg(feature = "postgres")]
-    Postgres(PostgresChangeLog),
-}
-
-impl StoreLog {
-    fn describe(&self) -> String {
-        match self {
-            StoreLog::Sqlite(log) => format!("SQLite ({})", log.path().display()),
-            #[cfg(feature = "postgres")]
-            StoreLog::Postgres(log) => {
-                format!("PostgreSQL (schema {})", log.schema().unwrap_or("public"))
-            }
+/// What the store's changelog is, for the demo's header.
+fn describe(log: &AnyChangeLog) -> String {
+    match log {
+        AnyChangeLog::Sqlite(log) => format!("SQLite ({})", log.path().display()),
+        #[cfg(feature = "postgres")]
+        AnyChangeLog::Postgres(log) => {
+            format!("PostgreSQL (schema {})", log.schema().unwrap_or("public"))
         }
-    }
-}
-
-/// Forwards a call to whichever log this is.
-macro_rules! forward {
-    ($self:ident, $log:ident => $call:expr) => {
-        match $self {
-            StoreLog::Sqlite($log) => $call,
-            #[cfg(feature = "postgres")]
-            StoreLog::Postgres($log) => $call,
-        }
-    };
-}
-
-impl ChangeLog for StoreLog {
-    fn staleness(&self) -> Duration {
-        forward!(self, log => log.staleness())
-    }
-    async fn record(&self, owner: &OwnerId, payload: Vec<u8>) -> Result<Fence, ChangeLogError> {
-        forward!(self, log => log.record(owner, payload).await)
-    }
-    async fn refresh(&self, fence: &Fence) -> Result<Ownership, ChangeLogError> {
-        forward!(self, log => log.refresh(fence).await)
-    }
-    async fn remove(&self, fence: &Fence) -> Result<Removal, ChangeLogError> {
-        forward!(self, log => log.remove(fence).await)
-    }
-    async fn claim_stale(
-        &self,
-        owner: &OwnerId,
-        max: usize,
-    ) -> Result<Vec<ClaimedEntry>, ChangeLogError> {
-        forward!(self, log => log.claim_stale(owner, max).await)
-    }
-    async fn quarantine(&self, fence: &Fence, reason: &str) -> Result<Ownership, ChangeLogError> {
-        forward!(self, log => log.quarantine(fence, reason).await)
-    }
-    async fn advance(&self, fence: &Fence) -> Result<Advanced, ChangeLogError> {
-        forward!(self, log => log.advance(fence).await)
-    }
-    async fn start_attempt(&self, fence: &Fence) -> Result<Attempt, ChangeLogError> {
-        forward!(self, log => log.start_attempt(fence).await)
-    }
-    async fn record_failure(
-        &self,
-        fence: &Fence,
-        reason: &str,
-    ) -> Result<Ownership, ChangeLogError> {
-        forward!(self, log => log.record_failure(fence, reason).await)
-    }
-    fn next_stale_in(&self) -> Option<Duration> {
-        forward!(self, log => log.next_stale_in())
-    }
-    async fn get(&self, id: EntryId) -> Result<Option<EntryInfo>, ChangeLogError> {
-        forward!(self, log => log.get(id).await)
-    }
-    async fn list(&self) -> Result<Vec<EntryInfo>, ChangeLogError> {
-        forward!(self, log => log.list().await)
+        other => format!("{other:?}"),
     }
 }
 
@@ -619,7 +562,7 @@ impl ChangeLog for StoreLog {
 /// injected stall: a slow RPC, a GC pause).
 #[derive(Clone, Debug)]
 struct StallableLog {
-    inner: StoreLog,
+    inner: AnyChangeLog,
     stalled: Arc<AtomicBool>,
 }
 
@@ -741,7 +684,8 @@ async fn run_writer(args: &Args) -> Result<(), BoxError> {
     let manager = ChangeManager::new(log.clone(), owner, heartbeat, cleanup)?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tally = WriterTally::default();
-    let mut rng = rand::rng();
+    // `--seed S` makes the writer's choice of objects, blob names and stalls repeatable.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.num("seed", rand::random()));
     let pid = std::process::id();
     for n in 0..count {
         // SIGTERM stops the writer between two writes, never inside one.
@@ -1058,8 +1002,36 @@ fn spawn_role(dir: &Path, role: &str, extra: &[String]) -> std::io::Result<Child
         .arg(dir)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if logging() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
+}
+
+/// The demo's writer processes. Dropping it (any early return) SIGKILLs
+/// and reaps the ones still running, so none outlives the demo.
+struct Children(Vec<Child>);
+
+impl Children {
+    /// SIGKILLs and reaps every writer still running; returns how many.
+    fn kill_all(&mut self) -> u64 {
+        let mut killed = 0;
+        for mut child in self.0.drain(..) {
+            if child.kill().is_ok() {
+                killed += 1;
+            }
+            let _ = child.wait();
+        }
+        killed
+    }
+
+    /// Stops the writers after `signal`.
+    fn stop_for(&mut self, signal: Signal) -> BoxError {
+        let stopped = self.kill_all();
+        Box::new(Interrupted { signal, stopped })
+    }
 }
 
 async fn run_demo(args: &Args) -> Result<bool, BoxError> {
@@ -1083,11 +1055,13 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
     println!(
         "tiered_store: blobs as files in {}; the changelog and the metadata table in {}",
         dir.display(),
-        log.describe()
+        describe(&log)
     );
     println!(
-        "  {writers} writer processes, SIGKILLed at random until {kills_wanted} kills; \
-         1 in {stall_every} writes stalls its heartbeat past the deadline"
+        "  {writers} writer processes, {kills_wanted} SIGKILLed at random points (then the \
+         {writers} left are SIGKILLed too: {} crashes); 1 in {stall_every} writes stalls its \
+         heartbeat past the deadline",
+        kills_wanted + writers as u64
     );
     println!("  staleness {STALENESS:?}, heartbeat every {HEARTBEAT_INTERVAL:?} (ttl 3x)\n");
     let recovery = RecoveryLoop::spawn::<_, Intent, _>(
@@ -1103,21 +1077,29 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
     )?;
     let mut writer_args = vec!["--stall-every".to_owned(), stall_every];
     writer_args.extend(args.changelog_args());
-    let mut children: Vec<Child> = (0..writers)
-        .map(|_| spawn_role(&dir, "writer", &writer_args))
-        .collect::<Result<_, _>>()?;
+    // SIGINT or SIGTERM stops the demo, its writer processes first: they
+    // must not outlive it. Installed before the first writer is spawned.
+    let mut interrupt = Interrupt::new()?;
+    let mut children = Children(Vec::with_capacity(writers));
+    for _ in 0..writers {
+        children.0.push(spawn_role(&dir, "writer", &writer_args)?);
+    }
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
     let mut kills = 0;
     let mut rng = rand::rng();
     let mut last_progress = Instant::now();
     while kills < kills_wanted {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
-        let victim = rng.random_range(0..children.len());
-        children[victim].kill()?; // SIGKILL: no cleanup, no goodbye
-        children[victim].wait()?;
+        let pause = Duration::from_millis(rng.random_range(100..400));
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            signal = interrupt.recv() => return Err(children.stop_for(signal)),
+        }
+        let victim = rng.random_range(0..children.0.len());
+        children.0[victim].kill()?; // SIGKILL: no cleanup, no goodbye
+        children.0[victim].wait()?;
         kills += 1;
-        children[victim] = spawn_role(&dir, "writer", &writer_args)?;
+        children.0[victim] = spawn_role(&dir, "writer", &writer_args)?;
         if tty || last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let stats = recovery.stats();
@@ -1137,20 +1119,33 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
         }
     }
     // Stop the workload the hard way too, then let recovery converge.
-    for child in &mut children {
-        child.kill()?;
-        child.wait()?;
-    }
+    let final_kills = children.kill_all();
     if tty {
         println!();
     }
     println!("writers stopped; waiting for recovery to drain the changelog...");
     let drain_started = Instant::now();
-    while !log.list().await?.is_empty() {
+    let mut last_progress = Instant::now();
+    loop {
+        let pending = log.list().await?.len();
+        if pending == 0 {
+            break;
+        }
         if drain_started.elapsed() > Duration::from_secs(60) {
             return Err("recovery did not converge within 60 s".into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            println!(
+                "[{:5.1}s] draining: changelog entries {pending:3}, recovered {}",
+                started.elapsed().as_secs_f64(),
+                recovery.stats().cleaned
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            signal = interrupt.recv() => return Err(children.stop_for(signal)),
+        }
     }
     let stats = recovery.shutdown().await;
     let report = verify(args).await?;
@@ -1160,7 +1155,8 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
     );
     println!("objects written (committed):   {}", report.writes);
     println!("distinct objects:              {}", report.objects);
-    println!("crashes injected (SIGKILL):    {}", kills + writers as u64);
+    // The same count as the header: the random kills plus the final stop.
+    println!("crashes injected (SIGKILL):    {}", kills + final_kills);
     println!(
         "heartbeat stalls injected:     {}",
         report.counter("stalls")
@@ -1180,47 +1176,62 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
 
 // ------------------------------------------------------------------- main --
 
-/// `--key value` and `--flag` arguments after the subcommand.
-#[derive(Clone)]
-struct Args {
-    values: HashMap<String, String>,
-    flags: HashSet<String>,
+#[path = "common/args.rs"]
+mod args;
+use args::{Args, Kind, Opt};
+#[path = "common/interrupt.rs"]
+mod interrupt;
+use interrupt::{Interrupt, Interrupted, Signal};
+
+const USAGE: &str = "\
+tiered_store: a two-tier object store that survives kill -9, frozen processes and stepped clocks
+
+usage:
+  tiered_store [demo] [--dir D] [--writers 3] [--kills 20] [--stall-every 25]
+  tiered_store writer   --dir D [--objects 64] [--count N] [--stall-every N] [--seed S]
+                        [--write-ms N] [--announce-commits] [--gate-commits]
+  tiered_store recovery --dir D [--until-empty] [--timeout-s 120] [--batch 50]
+  tiered_store verify   --dir D
+
+every subcommand also takes --postgres URL [--pg-schema NAME] (feature `postgres`).
+the demo exits 0 only if the final report finds no orphan and no dangling reference;
+SIGINT or SIGTERM stops it and its writer processes (exit status 130 or 143).
+";
+
+/// The options every subcommand takes: where the store is.
+const STORE_OPTIONS: [Opt; 3] = [
+    ("dir", Kind::Text),
+    ("postgres", Kind::Text),
+    ("pg-schema", Kind::Text),
+];
+
+/// The options of `command`, besides [`STORE_OPTIONS`].
+fn options(command: &str) -> &'static [Opt] {
+    match command {
+        "writer" => &[
+            ("objects", Kind::Number),
+            ("count", Kind::Number),
+            ("stall-every", Kind::Number),
+            ("seed", Kind::Number),
+            ("write-ms", Kind::Number),
+            ("announce-commits", Kind::Flag),
+            ("gate-commits", Kind::Flag),
+        ],
+        "recovery" => &[
+            ("until-empty", Kind::Flag),
+            ("timeout-s", Kind::Number),
+            ("batch", Kind::Number),
+        ],
+        "verify" => &[],
+        _ => &[
+            ("writers", Kind::Number),
+            ("kills", Kind::Number),
+            ("stall-every", Kind::Number),
+        ],
+    }
 }
 
 impl Args {
-    fn parse(raw: &[String]) -> Self {
-        let mut values = HashMap::new();
-        let mut flags = HashSet::new();
-        let mut iter = raw.iter().peekable();
-        while let Some(arg) = iter.next() {
-            if let Some(key) = arg.strip_prefix("--") {
-                match iter.peek() {
-                    Some(next) if !next.starts_with("--") => {
-                        values.insert(key.to_owned(), iter.next().unwrap().clone());
-                    }
-                    _ => {
-                        flags.insert(key.to_owned());
-                    }
-                }
-            }
-        }
-        Args { values, flags }
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str)
-    }
-
-    fn flag(&self, key: &str) -> bool {
-        self.flags.contains(key)
-    }
-
-    fn num<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
-        self.get(key)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
     /// The arguments that choose the changelog, for child processes.
     fn changelog_args(&self) -> Vec<String> {
         ["postgres", "pg-schema"]
@@ -1237,20 +1248,39 @@ impl Args {
     }
 }
 
+/// Whether `RUST_LOG` asks for the crate's `tracing` events (built with
+/// the `tracing` feature), e.g. `RUST_LOG=leasehold=info`.
+fn logging() -> bool {
+    std::env::var_os("RUST_LOG").is_some()
+}
+
 fn main() -> ExitCode {
+    if logging() {
+        // Events go to stderr, each with its span's fields (owner, entry,
+        // generation, attempt); the children of the demo inherit it.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let raw: Vec<String> = std::env::args().skip(1).collect();
-    let (command, rest) = match raw.first().map(String::as_str) {
-        Some(cmd @ ("demo" | "writer" | "recovery" | "verify")) => (cmd.to_owned(), &raw[1..]),
-        _ => ("demo".to_owned(), &raw[..]),
+    let (command, rest) = args::subcommand(&raw, &["demo", "writer", "recovery", "verify"], "demo");
+    let accepted: Vec<Opt> = STORE_OPTIONS
+        .iter()
+        .chain(options(command))
+        .copied()
+        .collect();
+    let args = match Args::parse("tiered_store", rest, &accepted, USAGE) {
+        Ok(args) => args,
+        Err(exit) => return exit,
     };
-    let args = Args::parse(rest);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
-        match command.as_str() {
+        match command {
             "writer" => run_writer(&args).await.map(|()| true),
             "recovery" => run_recovery(&args).await.map(|()| true),
             "verify" => run_verify(&args).await,
@@ -1265,7 +1295,10 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("tiered_store {command}: {error}");
-            ExitCode::from(2)
+            match error.downcast_ref::<Interrupted>() {
+                Some(interrupted) => interrupted.exit_code(),
+                None => ExitCode::from(2),
+            }
         }
     }
 }

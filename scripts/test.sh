@@ -56,7 +56,7 @@ fi
 if cargo +nightly miri --version >/dev/null 2>&1; then
   # Isolation off: the tests read the monotonic clock and spawn threads.
   MIRIFLAGS="-Zmiri-disable-isolation" CARGO_TARGET_DIR=target/miri \
-    cargo +nightly miri test --test watch_cell --test status
+    cargo +nightly miri test --test watch_cell --test watch_cell_index --test status
   # A leaked registered wait: leaking is the point, so Miri's leak check is
   # off for this binary only.
   MIRIFLAGS="-Zmiri-disable-isolation -Zmiri-ignore-leaks" CARGO_TARGET_DIR=target/miri \

@@ -11,11 +11,11 @@
 //!
 //! | primitive | pick it for |
 //! |---|---|
-//! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds; `wait_take` hands each item of a work queue to exactly one waiter |
+//! | [`WatchCell`] | shared state that tasks *and* threads wait on with predicates; wakes only the waiters whose predicate holds; `wait_take` hands each item of a work queue to exactly one waiter; [`WatchCell::index`] gives thousands of "sequence number ≥ mine" waiters O(log N) modifications ([`watch_cell::WatchIndex`]) |
 //! | [`status::channel`], [`status::SyncRegistry`] | the outcome of a sync (`Success`, `Cancelled`, `Skipped`, `Failed`) for any number of waiters; one job per key in flight, its key freed in the same step that publishes its outcome |
 //! | [`heartbeat::Validity`], [`heartbeat::Heartbeat`] | "may I still act on this entry?": a lock-free token that expires at `last successful beat start + ttl - margin`, not when a task exits; retried beats, deadline-bounded commits |
 //! | [`lease::Lease`] | a reader's since frontier and seqno holds on a shard: the handle only records downgrades and seqno leases (waking nobody); a background task heartbeats, syncs on request, and expires the lease after a drop |
-//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], [`changelog::SqliteChangeLog`], `changelog::PostgresChangeLog` (feature `postgres`, several machines) | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, commits fenced in the store (`commit_fenced`), staleness judged without wall clocks |
+//! | [`changelog::ChangeLog`]: [`changelog::MemoryChangeLog`], `changelog::SqliteChangeLog` (feature `sqlite`, several processes on one machine), `changelog::PostgresChangeLog` (feature `postgres`, several machines) | a write-ahead log of intents: durable `record`, heartbeats and removals fenced by owner + generation, `claim_stale` won by exactly one claimer, commits fenced in the store (`commit_fenced`), staleness judged without wall clocks |
 //! | [`changelog::ChangeManager`], [`changelog::ChangeGuard`] | one writer operation across stores: record, heartbeat, commit only while the entry is still yours, clean up while valid, else leave it to recovery |
 //! | [`recovery::RecoveryLoop`] | continuous crash recovery: claim stale entries in batches, keep each alive until processed, run the idempotent cleanup under a deadline with panics contained, count attempts per entry in the log, quarantine poison entries and undecodable rows; backoff, shutdown |
 //! | [`recovery::RecoveryScan`] | a long recovery scan over an ordered key space: concurrent syncs with jittered retries, a checkpoint that never passes unfinished work, resumed only when the scope is unchanged |
@@ -23,6 +23,17 @@
 //! Everything that reasons about time reads it from an injected
 //! [`clock::Clock`], so tests use [`clock::ManualClock`] or tokio's paused
 //! time instead of sleeping.
+//!
+//! ## Features
+//!
+//! The default build is the primitives and the in-memory changelog: no C
+//! code, no database driver. Everything else is opt-in.
+//!
+//! | feature | brings | costs |
+//! |---|---|---|
+//! | `sqlite` | `SqliteChangeLog`, `SqliteProgressStore`: the embedded durable backends (several processes on one machine) | `rusqlite` with a bundled SQLite, compiled from C |
+//! | `postgres` | `PostgresChangeLog`, `PostgresProgressStore`: several machines share one log | `tokio-postgres`, `deadpool-postgres` |
+//! | `tracing` | structured `tracing` events and spans: failed and retried beats, lost validity, lost and expired leases, claims, cleanup attempts, quarantines, recovery errors, checkpoint saves | `tracing` (no proc macros); off, the instrumentation is compiled out |
 //!
 //! ## A first example
 //!
@@ -166,7 +177,9 @@
     rust_2018_idioms
 )]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backoff;
 pub mod changelog;
 pub mod clock;
 pub mod heartbeat;
@@ -180,14 +193,22 @@ pub mod status;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod store_failure;
 mod sync;
+mod trace;
 pub mod watch_cell;
 
 pub use watch_cell::WatchCell;
+
+/// The boxed error a caller's code (a beat, a cleanup, a backend, a key
+/// source, a progress store) may report as its cause. The same type is
+/// re-exported by the modules that take one (`heartbeat`, `changelog`,
+/// `recovery`), so glob imports of several of them do not clash.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The PostgreSQL driver the `postgres` backends are built on, re-exported
 /// so that a `tokio_postgres::Config` or TLS connector given to them comes
 /// from the same version.
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use tokio_postgres;
 
 /// Hooks for the loom models in `loom-tests/`; not part of the API.

@@ -172,7 +172,12 @@ mod imp {
         fn drop(&mut self) {
             self.data = None;
             *self.mutex.held.lock().expect("never poisoned") = false;
-            self.mutex.released.notify_one();
+            // `notify_all`, not `notify_one`: loom's `Thread::unpark` ends a
+            // thread's condvar wait early (unlike std, where it only sets the
+            // park token), and a `notify_one` that then goes to that thread
+            // would leave a real waiter blocked on a free lock, a deadlock
+            // that exists only in the model.
+            self.mutex.released.notify_all();
         }
     }
 

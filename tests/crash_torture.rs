@@ -14,6 +14,8 @@
 #[cfg(feature = "postgres")]
 #[path = "support/postgres.rs"]
 mod pg_support;
+#[path = "support/tiered.rs"]
+mod tiered;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,22 +28,6 @@ use rand::Rng;
 const KILLS: u32 = 60;
 const WRITERS: usize = 3;
 const RECOVERERS: usize = 1;
-
-fn example_binary() -> PathBuf {
-    let test_exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/crash_torture-<hash> -> target/<profile>/examples/
-    let profile_dir = test_exe.parent().unwrap().parent().unwrap();
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("tiered_store{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: run the test through `cargo test` (which builds examples) \
-         or `cargo build --example tiered_store` first",
-        binary.display()
-    );
-    binary
-}
 
 struct Role {
     name: &'static str,
@@ -144,7 +130,7 @@ fn sigkilled_writers_and_recoverers_leave_no_orphan_and_no_dangling_reference_on
 /// The torture run with the changelog chosen by `changelog` (the example's
 /// arguments; empty for SQLite).
 fn torture(backend: &str, changelog: Vec<String>) {
-    let binary = example_binary();
+    let binary = tiered::example_binary();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("store");
     let logs = work.path().join("logs");

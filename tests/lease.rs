@@ -30,11 +30,13 @@ fn manual() -> (ManualClock, Arc<dyn Clock>) {
     (clock, shared)
 }
 
-/// ttl 60 s, no jitter (exact ticks), backoff 1 s doubling to 4 s.
+/// ttl 60 s, no jitter (exact ticks), backoff 1 s doubling to 4 s
+/// (exact delays).
 fn config_on(clock: &Arc<dyn Clock>) -> LeaseConfig {
     LeaseConfig::builder(TTL)
         .jitter(Duration::ZERO)
         .backoff(SEC, 4 * SEC)
+        .backoff_jitter(false)
         .clock(clock.clone())
         .build()
         .unwrap()

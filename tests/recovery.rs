@@ -289,7 +289,12 @@ async fn failed_polls_back_off_100ms_times_1_5_capped_at_30s_and_reset_after_suc
         Arc::new(log.clone()),
         OwnerId::new("recovery"),
         Counting::default(),
-        config().idle_wait(Duration::from_secs(1)).build().unwrap(),
+        // Exact delays: the test asserts the schedule without jitter.
+        config()
+            .idle_wait(Duration::from_secs(1))
+            .backoff_jitter(false)
+            .build()
+            .unwrap(),
     )
     .unwrap();
     // 18 failures, a success (idle 1 s), then 2 more failures.

@@ -20,7 +20,7 @@ use leasehold::clock::ManualClock;
 use leasehold::recovery::{
     Checkpoint, FinalCheckpoint, KeySource, MemoryProgressStore, ProgressStore, ProgressStoreError,
     Recheck, RecoveryScan, ResumePoint, RetryPolicy, ScanConfig, ScanError, ScanKey, ScanReport,
-    ScopeFingerprint, SettledCursor,
+    ScopeFingerprint,
 };
 use leasehold::status::{SyncOutcome, SyncRegistry};
 use parking_lot::Mutex;
@@ -44,14 +44,12 @@ fn scope(name: &str) -> ScopeFingerprint {
 }
 
 fn config(concurrency: usize, checkpoint_every: u64, window: usize) -> ScanConfig {
-    ScanConfig {
-        concurrency,
-        checkpoint_every,
-        window,
-        batch_size: 32,
-        jitter_seed: 1,
-        ..ScanConfig::default()
-    }
+    ScanConfig::default()
+        .with_concurrency(concurrency)
+        .with_checkpoint_every(checkpoint_every)
+        .with_window(window)
+        .with_batch_size(32)
+        .with_jitter_seed(1)
 }
 
 fn decode(point: &ResumePoint<Vec<u8>>) -> ResumePoint<u64> {
@@ -108,80 +106,6 @@ impl ProgressStore for CheckingStore {
     }
 }
 
-// ---------------------------------------------------------------- cursor
-
-/// Random begin / defer / retry / settle sequences against a model: after
-/// every step the resume point covers no unfinished key, never moves
-/// backwards, and is exactly "from the smallest unfinished key" or "after
-/// the scan position".
-#[test]
-fn cursor_resume_point_never_passes_unfinished_key_in_any_completion_order() {
-    for seed in 0..400 {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let start = rng.random_range(0..20_u64);
-        let mut cursor = SettledCursor::new(ResumePoint::After(start));
-        let mut next = start + 1;
-        let mut in_flight: Vec<u64> = Vec::new();
-        let mut awaiting: Vec<u64> = Vec::new();
-        let mut last = cursor.resume_point();
-        let mut settled = 0_u64;
-        for _ in 0..300 {
-            match rng.random_range(0..10) {
-                0..=3 => {
-                    next += rng.random_range(1..4); // sparse keys
-                    cursor.begin(next).unwrap();
-                    in_flight.push(next);
-                }
-                4..=6 if !in_flight.is_empty() => {
-                    let key = in_flight.swap_remove(rng.random_range(0..in_flight.len()));
-                    cursor.settle(&key).unwrap();
-                    settled += 1;
-                }
-                7 if !in_flight.is_empty() => {
-                    let key = in_flight.swap_remove(rng.random_range(0..in_flight.len()));
-                    cursor.defer(&key).unwrap();
-                    awaiting.push(key);
-                }
-                8 if !awaiting.is_empty() => {
-                    let key = awaiting.swap_remove(rng.random_range(0..awaiting.len()));
-                    cursor.retry(&key).unwrap();
-                    in_flight.push(key);
-                }
-                9 if !awaiting.is_empty() => {
-                    // a re-check found the work done
-                    let key = awaiting.swap_remove(rng.random_range(0..awaiting.len()));
-                    cursor.settle(&key).unwrap();
-                    settled += 1;
-                }
-                _ => {}
-            }
-            let point = cursor.resume_point();
-            for key in in_flight.iter().chain(&awaiting) {
-                assert!(
-                    !point.covers(key),
-                    "seed {seed}: {point:?} passes unfinished {key}"
-                );
-            }
-            assert!(
-                point >= last,
-                "seed {seed}: moved backwards {last:?} -> {point:?}"
-            );
-            let expected = match in_flight.iter().chain(&awaiting).min() {
-                Some(min) => ResumePoint::From(*min),
-                None if next > start + 1 || cursor.scanned().is_some() => {
-                    ResumePoint::After(*cursor.scanned().unwrap())
-                }
-                None => ResumePoint::After(start),
-            };
-            assert_eq!(point, expected, "seed {seed}");
-            assert_eq!(cursor.in_flight(), in_flight.len());
-            assert_eq!(cursor.awaiting_retry(), awaiting.len());
-            last = point;
-        }
-        assert!(cursor.passed() <= settled);
-    }
-}
-
 // ---------------------------------------------------------------- scan: property
 
 /// Random job durations (so random completion order), failures, external
@@ -202,14 +126,12 @@ fn persisted_resume_point_never_passes_unfinished_key_under_random_completions()
             saved: Arc::default(),
         };
         let registry = Arc::new(SyncRegistry::new());
-        let config = ScanConfig {
-            concurrency: rng.random_range(1..8),
-            checkpoint_every: rng.random_range(1..10),
-            window: rng.random_range(1..40),
-            batch_size: rng.random_range(1..20),
-            jitter_seed: seed,
-            ..ScanConfig::default()
-        };
+        let config = ScanConfig::default()
+            .with_concurrency(rng.random_range(1..8))
+            .with_checkpoint_every(rng.random_range(1..10))
+            .with_window(rng.random_range(1..40))
+            .with_batch_size(rng.random_range(1..20))
+            .with_jitter_seed(seed);
         let stops = rng.random_range(0..3);
         let runtime = paused_runtime();
         let mut completed = false;
@@ -346,14 +268,9 @@ fn crash_and_resume_over_10000_keys_processes_every_key_and_bounds_rescans() {
             Arc::clone(&universe),
             store.clone(),
             registry,
-            ScanConfig {
-                jitter_seed: u64::from(incarnation),
-                retry: RetryPolicy {
-                    initial: Duration::from_millis(50),
-                    ..RetryPolicy::default()
-                },
-                ..config(8, EVERY, WINDOW)
-            },
+            config(8, EVERY, WINDOW)
+                .with_jitter_seed(u64::from(incarnation))
+                .with_retry(RetryPolicy::default().with_initial(Duration::from_millis(50))),
         )
         .unwrap();
         let control = scan.control();
@@ -582,13 +499,7 @@ async fn recheck_error_is_retried_with_backoff_and_never_taken_as_done() {
         keys(0..20),
         store.clone(),
         Arc::new(SyncRegistry::new()),
-        ScanConfig {
-            retry: RetryPolicy {
-                jitter: 0.0,
-                ..RetryPolicy::default()
-            },
-            ..config(4, 1, 64)
-        },
+        config(4, 1, 64).with_retry(RetryPolicy::default().with_jitter(0.0)),
     )
     .unwrap()
     .with_clock(Arc::new(clock.clone()))
@@ -698,13 +609,8 @@ async fn key_is_given_up_after_max_attempts_and_reported() {
         keys(0..5),
         MemoryProgressStore::new(),
         Arc::new(SyncRegistry::new()),
-        ScanConfig {
-            retry: RetryPolicy {
-                max_attempts: std::num::NonZeroU32::new(3),
-                ..RetryPolicy::default()
-            },
-            ..config(2, 1, 8)
-        },
+        config(2, 1, 8)
+            .with_retry(RetryPolicy::default().with_max_attempts(std::num::NonZeroU32::new(3))),
     )
     .unwrap();
     let report = scan
@@ -746,14 +652,11 @@ async fn retries_and_rechecks_count_toward_the_concurrency_cap() {
         keys(0..60),
         MemoryProgressStore::new(),
         Arc::new(SyncRegistry::new()),
-        ScanConfig {
-            retry: RetryPolicy {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(40),
-                ..RetryPolicy::default()
-            },
-            ..config(3, 5, 60)
-        },
+        config(3, 5, 60).with_retry(
+            RetryPolicy::default()
+                .with_initial(Duration::from_millis(10))
+                .with_max(Duration::from_millis(40)),
+        ),
     )
     .unwrap();
     let report = scan
@@ -1171,13 +1074,8 @@ fn crash_after_giving_up_key_3<S: ProgressStore + Clone>(store: S) {
             keys(0..10),
             store.clone(),
             Arc::new(SyncRegistry::new()),
-            ScanConfig {
-                retry: RetryPolicy {
-                    max_attempts: std::num::NonZeroU32::new(1),
-                    ..RetryPolicy::default()
-                },
-                ..config(4, 1, 16)
-            },
+            config(4, 1, 16)
+                .with_retry(RetryPolicy::default().with_max_attempts(std::num::NonZeroU32::new(1))),
         )
         .unwrap();
         let run = scan.run(
@@ -1296,13 +1194,8 @@ fn given_up_key_is_retried_after_a_crash_when_the_store_cannot_keep_it() {
             keys(0..10),
             store.clone(),
             Arc::new(SyncRegistry::new()),
-            ScanConfig {
-                retry: RetryPolicy {
-                    max_attempts: std::num::NonZeroU32::new(1),
-                    ..RetryPolicy::default()
-                },
-                ..config(4, 1, 16)
-            },
+            config(4, 1, 16)
+                .with_retry(RetryPolicy::default().with_max_attempts(std::num::NonZeroU32::new(1))),
         )
         .unwrap();
         let control = scan.control();

@@ -102,3 +102,35 @@ fn leaked_wait_outlives_the_cell_without_being_touched() {
     drop(cell);
     assert_eq!(waker_calls.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn leaked_index_wait_is_completed_through_the_index_and_the_index_drops_cleanly() {
+    let cell = WatchCell::new(0_u64);
+    let seqno = cell.index(|v: &u64| *v);
+    poll_once_and_leak(seqno.wait_at_least(3));
+    poll_once_and_leak(seqno.wait_at_least(100));
+    assert_eq!(seqno.waiting(), 2);
+    for _ in 0..3 {
+        cell.modify(|v| *v += 1);
+    }
+    // The modifier wrote the key into the leaked node and took it out.
+    assert_eq!(seqno.waiting(), 1);
+    // The other one stays in the index until close, which completes it.
+    assert!(cell.close());
+    assert_eq!(seqno.waiting(), 0);
+    drop(seqno);
+    drop(cell);
+}
+
+#[test]
+fn leaked_index_wait_outlives_its_index_and_cell_without_being_touched() {
+    let cell = WatchCell::new(0_u64);
+    let seqno = cell.index(|v: &u64| *v);
+    poll_once_and_leak(seqno.wait_at_least(1));
+    // The last handle goes with the node registered: the index is dropped,
+    // its map holds only pointers, and the node is never touched again.
+    drop(seqno);
+    cell.modify(|v| *v = 1);
+    assert_eq!(cell.stats().waiters, 0);
+    drop(cell);
+}

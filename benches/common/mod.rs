@@ -55,6 +55,16 @@ pub fn human(ns: f64) -> String {
     }
 }
 
+/// A ratio with two significant digits at least: `0.73`, `0.0021`.
+pub fn ratio(r: f64) -> String {
+    if r >= 0.1 || r == 0.0 {
+        format!("{r:.2}")
+    } else {
+        let decimals = (-r.log10()).ceil() as usize + 1;
+        format!("{r:.decimals$}")
+    }
+}
+
 /// Prints one comparison table: a row per case, a column per contender,
 /// each cell `time (ratio to the baseline contender)`.
 ///
@@ -80,7 +90,7 @@ pub fn print_ratios(group: &str, cases: &[&str], contenders: &[&str], baseline: 
         let mut row = format!("| {:<8} |", if case.is_empty() { "-" } else { case });
         for contender in contenders {
             let cell = match (mean_ns(group, &id(contender)), base) {
-                (Some(t), Some(b)) => format!("{} ({:.2}x)", human(t), t / b),
+                (Some(t), Some(b)) => format!("{} ({}x)", human(t), ratio(t / b)),
                 (Some(t), None) => human(t),
                 _ => "not run".to_owned(),
             };

@@ -3,7 +3,9 @@
 //! the task's acknowledgement is never acknowledged by an older heartbeat
 //! and always wakes its waiter; seqno-hold releases racing the task's read
 //! of the hold are never lost; a handle's drop racing the task's idle wait
-//! always wakes it, and a plain downgrade never does.
+//! always wakes it, and a plain downgrade never does; incomparable
+//! downgrades of a product since racing each other and the ack are joined,
+//! never lost, and never sent out of order.
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom cargo test -p leasehold-loom-tests --release --test lease`
@@ -114,5 +116,67 @@ fn handle_drop_racing_the_idle_wait_wakes_the_task_and_a_plain_downgrade_does_no
         handle.join().unwrap();
         assert!(block_on(lease.wait_ended()));
         task.join().unwrap();
+    });
+}
+
+/// A two-dimensional product timestamp, ordered per coordinate (not `Ord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Product(u64, u64);
+
+impl leasehold::lease::Since for Product {
+    fn less_equal(&self, other: &Self) -> bool {
+        self.0 <= other.0 && self.1 <= other.1
+    }
+    fn join(&self, other: &Self) -> Self {
+        Product(self.0.max(other.0), self.1.max(other.1))
+    }
+    fn meet(&self, other: &Self) -> Self {
+        Product(self.0.min(other.0), self.1.min(other.1))
+    }
+}
+
+/// The task loop of `task`, for a product since.
+fn lattice_task(lease: LeaseProtocol<Product>) -> Vec<Product> {
+    let mut sent = Vec::new();
+    loop {
+        block_on(lease.wait_for_work());
+        if lease.expire_requested() {
+            lease.end_expired();
+            return sent;
+        }
+        let snapshot = lease.snapshot();
+        sent.push(snapshot.0);
+        lease.ack(snapshot, 0);
+    }
+}
+
+#[test]
+fn incomparable_downgrades_racing_each_other_and_the_ack_are_joined_never_lost() {
+    use leasehold::lease::Since as _;
+    loom::model(|| {
+        let lease = LeaseProtocol::with_since(Product(0, 0), 0);
+        let task = thread::spawn({
+            let lease = lease.clone();
+            move || lattice_task(lease)
+        });
+        // Two incomparable downgrades from two threads, one synced, one
+        // plain: whatever the order, the recorded since is their join, and
+        // the synced one returns a since at or after its own.
+        let plain = thread::spawn({
+            let lease = lease.clone();
+            move || lease.maybe_downgrade(Product(0, 4))
+        });
+        let synced = block_on(lease.downgrade(Product(3, 0))).expect("not ended");
+        assert!(Product(3, 0).less_equal(&synced), "returned {synced:?}");
+        plain.join().unwrap();
+        assert_eq!(lease.since(), Product(3, 4));
+
+        lease.drop_handle();
+        let sent = task.join().unwrap();
+        // Every heartbeat sent a since at or after the previous one.
+        for pair in sent.windows(2) {
+            assert!(pair[0].less_equal(&pair[1]), "sent {sent:?}");
+        }
+        assert!(block_on(lease.wait_ended()));
     });
 }

@@ -304,3 +304,110 @@ fn one_item_and_two_takers_exactly_one_gets_it_and_the_other_is_not_woken() {
         assert!(cell.stats().wakeups <= 1);
     });
 }
+
+// ------------------------------------------------------- indexed waits ---
+
+#[test]
+fn modify_racing_index_registration_loses_no_wake_up() {
+    loom::model(|| {
+        let cell = WatchCell::new(0_u64);
+        let seqno = cell.index(|v: &u64| *v);
+        let writer = thread::spawn({
+            let cell = cell.clone();
+            move || cell.modify(|v| *v = 2)
+        });
+        let blocking = thread::spawn({
+            let seqno = seqno.clone();
+            move || seqno.blocking_wait_at_least(1)
+        });
+        assert_eq!(block_on(seqno.wait_at_least(2)), Ok(2));
+        assert_eq!(blocking.join().unwrap(), Ok(2));
+        writer.join().unwrap();
+        assert_eq!(seqno.waiting(), 0);
+    });
+}
+
+#[test]
+fn cancelled_index_wait_racing_a_satisfying_modify_neither_wakes_it_nor_loses_another() {
+    loom::model(|| {
+        let cell = WatchCell::new(0_u64);
+        let seqno = cell.index(|v: &u64| *v);
+        let canceller = thread::spawn({
+            let seqno = seqno.clone();
+            move || {
+                let woken = Arc::new(CountingWake::default());
+                let waker = Waker::from(Arc::clone(&woken));
+                {
+                    let mut wait = pin!(seqno.wait_at_least(1));
+                    // Registered (or already satisfied), then cancelled.
+                    let _ = wait.as_mut().poll(&mut Context::from_waker(&waker));
+                }
+                // Cancelled before or after the modifier completed it: woken
+                // at most once, and never after the drop returned.
+                let at_drop = woken.0.load(Ordering::SeqCst);
+                assert!(at_drop <= 1);
+                at_drop
+            }
+        });
+        let writer = thread::spawn({
+            let cell = cell.clone();
+            move || cell.modify(|v| *v = 1)
+        });
+        assert_eq!(block_on(seqno.wait_at_least(1)), Ok(1));
+        let woken_at_drop = canceller.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(seqno.waiting(), 0);
+        assert!(woken_at_drop <= 1);
+    });
+}
+
+#[test]
+fn close_racing_index_waits_fails_them_with_closed_or_gives_the_reached_key() {
+    loom::model(|| {
+        let cell = WatchCell::new(0_u64);
+        let seqno = cell.index(|v: &u64| *v);
+        let closer = thread::spawn({
+            let cell = cell.clone();
+            move || assert!(cell.close())
+        });
+        let writer = thread::spawn({
+            let cell = cell.clone();
+            move || cell.modify(|v| *v = 1)
+        });
+        let blocking = thread::spawn({
+            let seqno = seqno.clone();
+            move || seqno.blocking_wait_at_least(2)
+        });
+        // Reached before or after the close: the key wins, as for predicates.
+        match block_on(seqno.wait_at_least(1)) {
+            Ok(key) => assert_eq!(key, 1),
+            Err(Closed) => {}
+        }
+        assert_eq!(blocking.join().unwrap(), Err(Closed));
+        closer.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(seqno.waiting(), 0);
+    });
+}
+
+#[test]
+fn index_deadline_racing_a_satisfying_modify_reports_one_consistent_outcome() {
+    loom::model(|| {
+        let cell = WatchCell::new(0_u64);
+        let seqno = cell.index(|v: &u64| *v);
+        let deadline = leasehold::__loom::now() + Duration::from_secs(1);
+        let timer = thread::spawn(|| leasehold::__loom::advance_time(Duration::from_secs(1)));
+        let writer = thread::spawn({
+            let cell = cell.clone();
+            move || cell.modify(|v| *v = 1)
+        });
+        match seqno.blocking_wait_at_least_deadline(1, deadline) {
+            Ok(key) => assert_eq!(key, 1),
+            Err(WaitTimeoutError::TimedOut) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        timer.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(seqno.waiting(), 0);
+    });
+}

@@ -74,6 +74,21 @@ impl Payload for String {
     }
 }
 
+/// Eight bytes, little-endian: the encoding of a `u64` since in the durable
+/// lease tables.
+impl Payload for u64 {
+    fn encode(&self) -> Vec<u8> {
+        self.to_le_bytes().to_vec()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let bytes: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::new(format!("a u64 is 8 bytes, not {}", bytes.len())))?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+}
+
 /// Writes a tagged sequence of length-prefixed fields.
 ///
 /// The encoding is `tag_len:u8 tag (field)*`, each field a kind byte and,

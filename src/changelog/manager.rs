@@ -11,6 +11,7 @@ use super::error::{CommitError, FencedCommitError, FinishError, ManagerConfigErr
 use super::{Advanced, ChangeLog, ChangeLogError, Fence, OwnerId, Ownership, Payload, Removal};
 use crate::heartbeat::{BeatError, Heartbeat, HeartbeatConfig, Invalid, InvalidReason, Validity};
 use crate::sync::Mutex;
+use crate::trace;
 
 /// Runs writer operations through a [`ChangeLog`]: each
 /// [`record`](ChangeManager::record) returns a [`ChangeGuard`] that keeps the
@@ -171,16 +172,30 @@ where
             .log
             .record(&self.inner.owner, payload.encode())
             .await?;
+        trace::event!(
+            debug,
+            entry = %fence.id(),
+            owner = %fence.owner(),
+            generation = fence.generation(),
+            "changelog entry recorded"
+        );
         let current = Arc::new(Mutex::new(fence.clone()));
-        let heartbeat = Heartbeat::spawn_anchored(&self.inner.heartbeat, anchor, {
-            let inner = Arc::clone(&self.inner);
-            let current = Arc::clone(&current);
-            move || {
-                let inner = Arc::clone(&inner);
+        // The heartbeat's events carry the entry's fields.
+        let heartbeat = trace::in_span!(
+            Heartbeat::spawn_anchored(&self.inner.heartbeat, anchor, {
+                let inner = Arc::clone(&self.inner);
                 let current = Arc::clone(&current);
-                async move { beat(&inner.log, &current).await }
-            }
-        });
+                move || {
+                    let inner = Arc::clone(&inner);
+                    let current = Arc::clone(&current);
+                    async move { beat(&inner.log, &current).await }
+                }
+            }),
+            "change",
+            entry = %fence.id(),
+            owner = %fence.owner(),
+            generation = fence.generation()
+        );
         Ok(ChangeGuard {
             inner: Arc::clone(&self.inner),
             validity: heartbeat.validity(),
@@ -583,8 +598,28 @@ where
     // failure path: a beat can never run after (or race with) the removal.
     stop(heartbeat).await;
     match cleaned {
-        Err(invalid) => Err(FinishError::Invalid(invalid)),
-        Ok(Err(error)) => Err(FinishError::Cleanup(error)),
+        Err(invalid) => {
+            trace::event!(
+                warn,
+                entry = %fence.id(),
+                owner = %fence.owner(),
+                generation = fence.generation(),
+                reason = %invalid.reason,
+                "writer cleanup cut off: validity lost; the entry is left for recovery"
+            );
+            Err(FinishError::Invalid(invalid))
+        }
+        Ok(Err(error)) => {
+            trace::event!(
+                warn,
+                entry = %fence.id(),
+                owner = %fence.owner(),
+                generation = fence.generation(),
+                error = %error,
+                "writer cleanup failed; the entry is left for recovery"
+            );
+            Err(FinishError::Cleanup(error))
+        }
         Ok(Ok(())) => inner.log.remove(&fence).await.map_err(FinishError::Log),
     }
 }
@@ -598,6 +633,13 @@ impl<L: ChangeLog, P: Payload, C: Cleanup<P>> Drop for ChangeGuard<L, P, C> {
         // An invalid guard must not touch the entry: recovery may own it.
         // Dropping the heartbeat stops it.
         if !self.validity.is_valid() {
+            trace::event!(
+                warn,
+                entry = %self.fence().id(),
+                owner = %self.fence().owner(),
+                generation = self.fence().generation(),
+                "change guard dropped after its validity lapsed; the entry is left for recovery"
+            );
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -115,6 +115,7 @@
 //!
 //! [`Clock`]: crate::clock::Clock
 
+mod any;
 mod cleanup;
 mod codec;
 mod error;
@@ -125,13 +126,14 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-mod staleness;
+pub(crate) mod staleness;
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use any::AnyChangeLog;
 pub use cleanup::{Cleanup, Phase};
 pub use codec::{FieldReader, FieldWriter, Payload};
 pub use error::{
@@ -141,8 +143,10 @@ pub use error::{
 pub use manager::{ChangeGuard, ChangeManager};
 pub use memory::MemoryChangeLog;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PostgresChangeLog, PostgresChangeLogBuilder};
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{Durability, SqliteChangeLog, SqliteChangeLogBuilder};
 
 /// Identifies one changelog entry; assigned by the store, never reused.

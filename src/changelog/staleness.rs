@@ -30,16 +30,16 @@ use std::time::{Duration, Instant};
 
 /// One active entry as read from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Seen {
-    pub(super) id: u64,
-    pub(super) generation: u64,
-    pub(super) beat: u64,
+pub(crate) struct Seen {
+    pub(crate) id: u64,
+    pub(crate) generation: u64,
+    pub(crate) beat: u64,
 }
 
 /// A claimer's memory of the entries it has seen, shared by the clones of
 /// one log handle.
 #[derive(Debug, Default)]
-pub(super) struct Observations {
+pub(crate) struct Observations {
     /// Entry id -> (generation, beat) last seen, and when first seen so.
     entries: HashMap<u64, (u64, u64, Instant)>,
 }
@@ -47,7 +47,7 @@ pub(super) struct Observations {
 impl Observations {
     /// Records one read of entry `seen`, made just before `now`; returns
     /// for how long this triple has been observed unchanged.
-    pub(super) fn observe(&mut self, seen: Seen, now: Instant) -> Duration {
+    pub(crate) fn observe(&mut self, seen: Seen, now: Instant) -> Duration {
         let slot = self
             .entries
             .entry(seen.id)
@@ -62,7 +62,7 @@ impl Observations {
     /// forgets the entries it no longer holds (removed, quarantined), and
     /// returns up to `max` entries unchanged for at least `staleness`,
     /// longest-unchanged first (then by id).
-    pub(super) fn observe_all(
+    pub(crate) fn observe_all(
         &mut self,
         rows: impl IntoIterator<Item = Seen>,
         now: Instant,
@@ -88,7 +88,7 @@ impl Observations {
 
     /// How long until the longest-unchanged entry not yet stale becomes
     /// stale, as of `now` (`None`: nothing is waiting to become stale).
-    pub(super) fn next_stale_in(&self, now: Instant, staleness: Duration) -> Option<Duration> {
+    pub(crate) fn next_stale_in(&self, now: Instant, staleness: Duration) -> Option<Duration> {
         self.entries
             .values()
             .map(|&(_, _, since)| staleness.saturating_sub(now.saturating_duration_since(since)))
@@ -96,7 +96,7 @@ impl Observations {
     }
 
     /// Forgets an entry (claimed or removed by this handle).
-    pub(super) fn forget(&mut self, id: u64) {
+    pub(crate) fn forget(&mut self, id: u64) {
         self.entries.remove(&id);
     }
 }

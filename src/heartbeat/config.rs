@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::error::ConfigError;
+use crate::backoff::Backoff;
 use crate::clock::{self, Clock};
 
 /// `ttl` must be at least this many beat intervals: with less, a single
@@ -22,6 +23,7 @@ pub const DEFAULT_TTL_FACTOR: u32 = 3;
 /// | `ttl` | 3 × `interval` | how long a successful beat keeps the entry alive for others |
 /// | `margin` | zero | safety slack: the token expires at `beat start + ttl - margin` |
 /// | `backoff` | `interval / 8` doubling up to `interval` | delay between retries of a failed beat |
+/// | `backoff_jitter` | on | each retry delay drawn from `[0, delay]` (full jitter) |
 /// | `clock` | [`clock::system()`] | the clock deadlines are measured on |
 ///
 /// Rules, checked by [`HeartbeatConfigBuilder::build`]: `interval > 0`;
@@ -51,6 +53,7 @@ pub struct HeartbeatConfig {
     pub(super) margin: Duration,
     pub(super) backoff_initial: Duration,
     pub(super) backoff_max: Duration,
+    pub(super) backoff_jitter: bool,
     pub(super) clock: std::sync::Arc<dyn Clock>,
 }
 
@@ -63,6 +66,7 @@ impl HeartbeatConfig {
             ttl: None,
             margin: Duration::ZERO,
             backoff: None,
+            backoff_jitter: true,
             clock: None,
         }
     }
@@ -95,27 +99,8 @@ impl HeartbeatConfig {
 
     /// A fresh retry schedule for one failed beat (or lease renewal).
     pub(crate) fn backoff(&self) -> Backoff {
-        Backoff {
-            next: self.backoff_initial,
-            max: self.backoff_max,
-        }
-    }
-}
-
-/// Retry delays after a failure: the configured initial delay, doubling up
-/// to the cap. Shared by [`Heartbeat`](super::Heartbeat) and the lease task.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// The delay before the next retry; doubles the one after (up to the cap).
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        delay
+        let jitter = if self.backoff_jitter { 1.0 } else { 0.0 };
+        Backoff::new(self.backoff_initial, 2.0, self.backoff_max, jitter)
     }
 }
 
@@ -127,6 +112,7 @@ impl fmt::Debug for HeartbeatConfig {
             .field("margin", &self.margin)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
+            .field("backoff_jitter", &self.backoff_jitter)
             .field("clock", &self.clock)
             .finish()
     }
@@ -140,6 +126,7 @@ pub struct HeartbeatConfigBuilder {
     ttl: Option<Duration>,
     margin: Duration,
     backoff: Option<(Duration, Duration)>,
+    backoff_jitter: bool,
     clock: Option<std::sync::Arc<dyn Clock>>,
 }
 
@@ -158,10 +145,20 @@ impl HeartbeatConfigBuilder {
     }
 
     /// Retry delays for failed beats: `initial`, doubling up to `max`
-    /// (default: `interval / 8` up to `interval`). Retries never go past
+    /// (default: `interval / 8` up to `interval`), each shortened by jitter
+    /// (see [`backoff_jitter`](Self::backoff_jitter)). Retries never go past
     /// the token's deadline.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff = Some((initial, max));
+        self
+    }
+
+    /// Whether each retry delay is drawn at random from `[0, delay]` (full
+    /// jitter; the default), so that processes whose beats failed together,
+    /// in an outage of the store, do not retry in lockstep. `false` makes the
+    /// delays exact, which tests that assert retry times like.
+    pub fn backoff_jitter(mut self, jitter: bool) -> Self {
+        self.backoff_jitter = jitter;
         self
     }
 
@@ -223,6 +220,7 @@ impl HeartbeatConfigBuilder {
             margin: self.margin,
             backoff_initial,
             backoff_max,
+            backoff_jitter: self.backoff_jitter,
             clock: self.clock.unwrap_or_else(clock::system),
         })
     }

@@ -75,8 +75,7 @@ impl From<InvalidReason> for Invalid {
     }
 }
 
-/// The error type a beat may carry as its cause.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use crate::BoxError;
 
 /// How a beat failed: tells the [`Heartbeat`](super::Heartbeat) whether to retry.
 #[derive(Debug, thiserror::Error)]

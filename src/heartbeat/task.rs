@@ -11,6 +11,7 @@ use super::config::HeartbeatConfig;
 use super::error::{BeatError, InvalidReason};
 use super::validity::{Validity, ValidityController};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+use crate::trace;
 
 /// Runs a user-supplied async beat (say, "re-record my changelog entry")
 /// every `interval` on a tokio task, and keeps a [`Validity`] token valid
@@ -134,13 +135,15 @@ impl Heartbeat {
             anchor + config.validity_window(),
         ));
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(run(
+        // The task's events carry the fields of the span current here (the
+        // entry a change guard or a recovery batch keeps alive).
+        let task = tokio::spawn(trace::in_current_span!(run(
             beat,
             config.clone(),
             anchor,
             Arc::clone(&controller),
             Arc::clone(&counters),
-        ));
+        )));
         Self {
             controller,
             counters,
@@ -246,6 +249,7 @@ impl Drop for ExitGuard<'_> {
 }
 
 /// The background task. Every exit path leaves the token invalid.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables, unused_assignments))]
 async fn run<B, Fut>(
     mut beat: B,
     config: HeartbeatConfig,
@@ -268,7 +272,9 @@ async fn run<B, Fut>(
             break 'beating;
         }
         let mut backoff = config.backoff();
+        let mut attempt = 0_u32;
         loop {
+            attempt += 1;
             let start = clock.now();
             let outcome = match select(pin!(beat()), pin!(validity.invalidated())).await {
                 Either::Left((outcome, _)) => outcome,
@@ -288,18 +294,33 @@ async fn run<B, Fut>(
                     break;
                 }
                 Err(BeatError::Fenced) => {
+                    trace::event!(
+                        warn,
+                        attempt,
+                        "heartbeat fenced out: the entry was taken over"
+                    );
                     counters.failed(BeatError::Fenced);
                     controller.invalidate(InvalidReason::Fenced);
                     break 'beating;
                 }
                 Err(error @ BeatError::Failed(_)) => {
+                    trace::event!(error, attempt, error = %error, "heartbeat failed terminally");
                     counters.failed(error);
                     controller.invalidate(InvalidReason::BeatFailed);
                     break 'beating;
                 }
                 Err(error @ BeatError::Transient(_)) => {
+                    let delay = backoff.next_delay();
+                    trace::event!(
+                        warn,
+                        attempt,
+                        error = %error,
+                        retry_in = ?delay,
+                        valid_for = ?validity.deadline().saturating_duration_since(clock.now()),
+                        "heartbeat failed; retrying"
+                    );
                     counters.failed(error);
-                    let retry = clock.sleep(backoff.next_delay());
+                    let retry = clock.sleep(delay);
                     if let Either::Right(_) = select(retry, pin!(validity.invalidated())).await {
                         break 'beating;
                     }
@@ -309,4 +330,12 @@ async fn run<B, Fut>(
     }
     // A lazy expiry becomes a recorded one: blocking waiters wake now.
     controller.expire_if_due();
+    #[cfg(feature = "tracing")]
+    if let Err(invalid) = validity.check() {
+        if invalid.reason == InvalidReason::Stopped {
+            trace::event!(debug, "heartbeat stopped");
+        } else {
+            trace::event!(warn, reason = %invalid.reason, "validity lost");
+        }
+    }
 }

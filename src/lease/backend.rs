@@ -9,19 +9,101 @@ use super::error::BackendError;
 /// A since frontier: the point in time (or version) before which the reader
 /// no longer needs to read, so the shard may compact history up to it.
 ///
-/// Any totally ordered `Clone` type is one (blanket impl): `u64`
-/// timestamps, `(epoch, counter)` tuples, your own `Ord` type.
+/// A since is an element of a *lattice*: [`less_equal`](Self::less_equal)
+/// is its partial order, [`join`](Self::join) the least upper bound (how a
+/// reader's requests combine: a since only moves forward) and
+/// [`meet`](Self::meet) the greatest lower bound (how a shard combines its
+/// readers: it may compact only what none of them still reads).
 ///
-/// **Why a total order, with join = `max`:** a since only ever moves forward,
-/// and two requests for it combine by taking the later one. For a totally
-/// ordered type that combination (the lattice join) *is* `max`, so there is
-/// nothing for a user to implement and no way to get it wrong: a stale
-/// downgrade (`since` behind the recorded one) is ignored rather than moving
-/// the frontier back. Partially ordered frontiers (antichains) would need a
-/// user-supplied join; the lease does not model them.
-pub trait Since: Ord + Clone + fmt::Debug + Send + Sync + 'static {}
+/// Any totally ordered `Clone` type is one (blanket impl, with `join = max`,
+/// `meet = min`): `u64` timestamps, `(epoch, counter)` tuples, your own
+/// `Ord` type: nothing to implement. A partially ordered frontier (a product
+/// timestamp, or the antichain of one, as in dataflow systems) implements the
+/// three methods itself; it must not implement `Ord` (the blanket impl would
+/// then apply).
+///
+/// # Why a join, not a comparison
+///
+/// Two requests for a since combine by their join, never by keeping the one
+/// that compares "later": a stale downgrade (behind the recorded since) and
+/// an incomparable one (ahead in one dimension, behind in another) both
+/// leave the recorded since where it was or move it up to the join, never
+/// back. For a total order the join *is* `max`, so `u64` users see exactly
+/// "a smaller since is ignored".
+///
+/// # Laws
+///
+/// `less_equal` is a partial order (reflexive, antisymmetric, transitive);
+/// `a.join(b)` is the least element `>=` both and `a.meet(b)` the greatest
+/// element `<=` both. The lease and the shards rely on them: a wrong join can
+/// move a frontier back.
+///
+/// # Examples
+///
+/// A two-dimensional product timestamp, ordered per coordinate:
+///
+/// ```
+/// use leasehold::lease::Since;
+///
+/// #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// struct Product { epoch: u64, round: u64 }
+///
+/// impl Since for Product {
+///     fn less_equal(&self, other: &Self) -> bool {
+///         self.epoch <= other.epoch && self.round <= other.round
+///     }
+///     fn join(&self, other: &Self) -> Self {
+///         Product { epoch: self.epoch.max(other.epoch), round: self.round.max(other.round) }
+///     }
+///     fn meet(&self, other: &Self) -> Self {
+///         Product { epoch: self.epoch.min(other.epoch), round: self.round.min(other.round) }
+///     }
+/// }
+///
+/// let a = Product { epoch: 2, round: 0 };
+/// let b = Product { epoch: 1, round: 5 };
+/// assert!(!a.less_equal(&b) && !b.less_equal(&a)); // incomparable
+/// assert_eq!(a.join(&b), Product { epoch: 2, round: 5 });
+/// assert_eq!(a.meet(&b), Product { epoch: 1, round: 0 });
+/// assert_eq!(7_u64.join(&3), 7); // total orders: max and min
+/// ```
+pub trait Since: Clone + fmt::Debug + Send + Sync + 'static {
+    /// Whether `self` is at or before `other` in the partial order.
+    fn less_equal(&self, other: &Self) -> bool;
 
-impl<T: Ord + Clone + fmt::Debug + Send + Sync + 'static> Since for T {}
+    /// The least upper bound of `self` and `other`.
+    #[must_use]
+    fn join(&self, other: &Self) -> Self;
+
+    /// The greatest lower bound of `self` and `other`.
+    #[must_use]
+    fn meet(&self, other: &Self) -> Self;
+}
+
+impl<T: Ord + Clone + fmt::Debug + Send + Sync + 'static> Since for T {
+    fn less_equal(&self, other: &Self) -> bool {
+        self <= other
+    }
+
+    fn join(&self, other: &Self) -> Self {
+        std::cmp::max(self, other).clone()
+    }
+
+    fn meet(&self, other: &Self) -> Self {
+        std::cmp::min(self, other).clone()
+    }
+}
+
+/// The meet of every since in `sinces` (`None` if there are none): the
+/// since a shard may compact to, from its readers' sinces.
+pub(crate) fn meet_all<'a, S: Since>(sinces: impl IntoIterator<Item = &'a S>) -> Option<S> {
+    sinces.into_iter().fold(None, |acc, since| {
+        Some(match acc {
+            None => since.clone(),
+            Some(acc) => since.meet(&acc),
+        })
+    })
+}
 
 /// A sequence number of the shard's state: the reader's seqno hold keeps the
 /// shard from garbage-collecting state at or after it.
@@ -35,8 +117,8 @@ impl<T: Ord + Clone + fmt::Debug + Send + Sync + 'static> Seqno for T {}
 /// What a successful heartbeat reports back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeartbeatReply<S, Q> {
-    /// The since the backend now holds for this reader: usually the one
-    /// sent, never behind the one held before.
+    /// The since the backend now holds for this reader: the join of the one
+    /// sent and the one held before (usually the one sent).
     pub since: S,
     /// The shard's latest seqno: the reader may lease it from now on, and
     /// holds it when no older seqno is leased.
@@ -85,8 +167,9 @@ pub trait LeaseBackend: Send + Sync + 'static {
     /// The seqno type.
     type Seqno: Seqno;
 
-    /// Renews the lease, holding `since` (never behind what this reader held
-    /// before: the lease only ever sends a since that moved forward) and
+    /// Renews the lease, holding the join of `since` and what this reader
+    /// held before (the lease only ever sends the join of its requests, so
+    /// usually `since` itself) and
     /// `seqno_hold` (the smallest seqno the reader still needs).
     ///
     /// Returns the since actually applied and the shard's latest seqno.

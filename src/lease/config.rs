@@ -20,6 +20,7 @@ pub const HEARTBEATS_PER_TTL: u32 = 4;
 /// | `jitter` | period / 8 | each tick comes up to this much *early*, drawn per lease, per tick |
 /// | `margin` | zero | the lease's [`Validity`](crate::heartbeat::Validity) ends at `heartbeat start + ttl - margin` |
 /// | `backoff` | period / 8 doubling up to the period | delay between retries of a failed heartbeat |
+/// | `backoff_jitter` | on | each retry delay drawn from `[0, delay]` (full jitter) |
 /// | `clock` | [`clock::system()`](crate::clock::system) | the clock ticks and deadlines are measured on |
 ///
 /// The ttl, margin and backoff follow the [`HeartbeatConfig`] rules (the
@@ -54,6 +55,7 @@ impl LeaseConfig {
             jitter: None,
             margin: Duration::ZERO,
             backoff: None,
+            backoff_jitter: true,
             clock: None,
         }
     }
@@ -102,6 +104,7 @@ pub struct LeaseConfigBuilder {
     jitter: Option<Duration>,
     margin: Duration,
     backoff: Option<(Duration, Duration)>,
+    backoff_jitter: bool,
     clock: Option<std::sync::Arc<dyn Clock>>,
 }
 
@@ -121,10 +124,20 @@ impl LeaseConfigBuilder {
     }
 
     /// Retry delays for failed heartbeats: `initial`, doubling up to `max`
-    /// (default: period / 8 up to the period). Retries stop at the lease's
+    /// (default: period / 8 up to the period), each shortened by jitter (see
+    /// [`backoff_jitter`](Self::backoff_jitter)). Retries stop at the lease's
     /// validity deadline.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff = Some((initial, max));
+        self
+    }
+
+    /// Whether each retry delay is drawn at random from `[0, delay]` (full
+    /// jitter; the default), so that readers whose heartbeats failed
+    /// together do not retry in lockstep. `false` makes the delays exact,
+    /// which tests like.
+    pub fn backoff_jitter(mut self, jitter: bool) -> Self {
+        self.backoff_jitter = jitter;
         self
     }
 
@@ -147,6 +160,7 @@ impl LeaseConfigBuilder {
         let mut heartbeat = HeartbeatConfig::builder(period)
             .ttl(self.ttl)
             .margin(self.margin);
+        heartbeat = heartbeat.backoff_jitter(self.backoff_jitter);
         if let Some((initial, max)) = self.backoff {
             heartbeat = heartbeat.backoff(initial, max);
         }

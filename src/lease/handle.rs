@@ -105,9 +105,10 @@ impl<B: LeaseBackend> Lease<B> {
         Self { shared, validity }
     }
 
-    /// Records `since` (if it is ahead of the recorded one), requests a sync
+    /// Records `since` (the recorded since becomes the join of both, so a
+    /// stale or incomparable `since` never moves it back), requests a sync
     /// and resolves once a heartbeat carrying it succeeded: the backend holds
-    /// it. Returns the since the backend applied.
+    /// it. Returns the since the backend applied (at or after `since`).
     ///
     /// The request is recorded when this is *called*, not when the future is
     /// first polled. A `since` the backend already holds resolves at once and
@@ -153,8 +154,11 @@ impl<B: LeaseBackend> Lease<B> {
         }
     }
 
-    /// Records `since` for the next heartbeat, if it is ahead of the recorded
-    /// one; returns whether it was. Wakes nobody, costs one short lock.
+    /// Records `since` for the next heartbeat, unless it is at or before the
+    /// recorded one; returns whether it moved the recorded since, which
+    /// becomes the join of both (for an incomparable `since` of a partially
+    /// ordered frontier, something after both). Wakes nobody, costs one short
+    /// lock.
     ///
     /// Works from any thread, outside any runtime, and from `Drop`.
     ///

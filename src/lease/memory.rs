@@ -7,8 +7,9 @@
 //! the shard, or by [`MemoryShard::expire_stale`]); its next heartbeat then
 //! reports [`BackendError::Lost`]. From the live readers the shard computes:
 //!
-//! - its **since**: the smallest reader since (history before it may be
-//!   compacted). It never moves back, also when readers come and go;
+//! - its **since**: the meet of its live readers' sinces (the smallest, for
+//!   a total order): history before it may be compacted. It never moves
+//!   back, also when readers come and go;
 //! - its **GC horizon**: the smallest reader seqno hold, or the latest
 //!   seqno when no reader holds anything (state before it may be deleted).
 //!   It never moves back either.
@@ -18,14 +19,33 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::backend::{HeartbeatReply, LeaseBackend, Seqno, Since};
+use super::backend::{HeartbeatReply, LeaseBackend, Seqno, Since, meet_all};
 use super::error::BackendError;
 use crate::clock::Clock;
 use crate::sync::Mutex;
 
-/// Identifies a reader registered with a [`MemoryShard`].
+/// Identifies a reader registered with a shard ([`MemoryShard`], or a
+/// durable lease table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReaderId(u64);
+
+impl ReaderId {
+    /// Wraps a store-assigned id (for backend implementations).
+    pub const fn new(id: u64) -> Self {
+        ReaderId(id)
+    }
+
+    /// The numeric id.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ReaderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reader {}", self.0)
+    }
+}
 
 /// What the shard knows about one reader, from [`MemoryShard::reader`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,9 +142,12 @@ impl<S: Since, Q: Seqno> ShardState<S, Q> {
     /// The shard's since and GC horizon from the live readers; neither
     /// moves back.
     fn recompute(&mut self) {
-        if let Some(since) = self.readers.values().map(|r| &r.since).min() {
-            if *since > self.since {
-                self.since = since.clone();
+        // The meet over the live readers, joined with the old since: a
+        // reader registered later holds at least the old since, so the join
+        // only guards against a user lattice that is not one.
+        if let Some(since) = meet_all(self.readers.values().map(|r| &r.since)) {
+            if !since.less_equal(&self.since) {
+                self.since = self.since.join(&since);
             }
         }
         let horizon = self
@@ -202,7 +225,8 @@ impl<S: Since, Q: Seqno> MemoryShard<S, Q> {
         });
     }
 
-    /// The shard's since: the smallest since of its live readers.
+    /// The shard's since: the meet of its live readers' sinces (never behind
+    /// an earlier one).
     pub fn since(&self) -> S {
         self.with_state(|state, _| state.since.clone())
     }
@@ -304,8 +328,9 @@ impl<S: Since, Q: Seqno> LeaseBackend for MemoryReader<S, Q> {
     type Since = S;
     type Seqno = Q;
 
-    /// Renews the reader: its since and seqno hold move forward to the ones
-    /// sent (never back), and its ttl restarts.
+    /// Renews the reader: its since moves to the join of the held and the
+    /// sent one, its seqno hold forward to the one sent (never back), and its
+    /// ttl restarts.
     async fn heartbeat(
         &self,
         since: S,
@@ -318,8 +343,8 @@ impl<S: Since, Q: Seqno> LeaseBackend for MemoryReader<S, Q> {
                 return Err(BackendError::transient("injected heartbeat failure"));
             }
             let reader = state.readers.get_mut(&self.id).ok_or(BackendError::Lost)?;
-            if since > reader.since {
-                reader.since = since;
+            if !since.less_equal(&reader.since) {
+                reader.since = reader.since.join(&since);
                 state.stats.downgrades += 1;
             }
             if seqno_hold > reader.seqno_hold {

@@ -17,6 +17,26 @@
 //! |---|---|
 //! | a lease on your store | implement [`LeaseBackend`] (heartbeat-with-downgrade, expire) and [`Lease::spawn`] |
 //! | a store to test against | [`MemoryShard`] (tracks readers, expires stale ones, computes the shard's since and GC horizon) |
+//! | readers in several processes of one machine | `SqliteLeaseTable` (feature `sqlite`): one durable table of a shard's readers; the owner asks it for the since, the GC horizon, and expires stale readers |
+//! | readers on several machines | `PostgresLeaseTable` (feature `postgres`): the same, on a server |
+//! | a since that is only partially ordered (a product timestamp, an antichain) | implement [`Since`] (`less_equal`, `join`, `meet`); totally ordered types already are one |
+//!
+//! # Durable lease tables
+//!
+//! A shard's owner (its compactor or garbage collector) must never delete
+//! what a live reader still reads, and must not wait forever for a reader
+//! that died. The tables decide both in the store, never on a wall clock:
+//!
+//! - a reader's heartbeat increments its row's counter; the owner expires a
+//!   reader once it has *observed* that counter unchanged for the staleness,
+//!   on its own monotonic clock, with a delete conditional on what it saw;
+//! - an expired reader's row is gone: its next heartbeat reports
+//!   [`BackendError::Lost`], its lease ends and its
+//!   [`Validity`](crate::heartbeat::Validity) with it, and it can never move
+//!   the shard's holds again (it registers anew, with a new id);
+//! - a reader reads through `read_fenced`, which checks its row in the same
+//!   snapshot as the read, so a reader that was frozen past its expiry never
+//!   reads what the owner deleted meanwhile.
 //!
 //! # Differences from the field
 //!
@@ -74,14 +94,29 @@ mod config;
 mod error;
 mod handle;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod state;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod table;
 mod task;
 
 pub use backend::{HeartbeatReply, LeaseBackend, Seqno, Since};
 pub use config::{HEARTBEATS_PER_TTL, LeaseConfig, LeaseConfigBuilder};
-pub use error::{BackendError, ConfigError, LeaseError};
+pub use error::{BackendError, ConfigError, FencedReadError, LeaseError, LeaseTableError};
 pub use handle::{Lease, LeaseStats, SeqnoLease};
 pub use memory::{MemoryReader, MemoryShard, ReaderId, ReaderState, ShardStats};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{PostgresLeaseReader, PostgresLeaseTable, PostgresLeaseTableBuilder};
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::{SqliteLeaseReader, SqliteLeaseTable, SqliteLeaseTableBuilder};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use table::{ReaderFence, ReaderRow, TableSince};
 
 #[cfg(loom)]
 #[doc(hidden)]

@@ -50,8 +50,8 @@ impl Ended {
 /// The shared state. See the module docs for who writes what.
 #[derive(Debug)]
 pub(crate) struct State<S, Q> {
-    /// The since the handle asked for: joined with `max`, so it only moves
-    /// forward.
+    /// The join of every since the handle asked for: it only moves forward,
+    /// also for stale or incomparable requests.
     since_to_hold: S,
     /// The since the backend last confirmed.
     applied_since: S,
@@ -140,9 +140,10 @@ impl<S: Since, Q: Seqno> LeaseShared<S, Q> {
     /// a stale `since` does not even notify.
     pub(crate) fn maybe_downgrade(&self, since: S) -> bool {
         self.cell.modify_if(|state| {
-            let forward = since > state.since_to_hold;
+            // `since <= recorded`: stale, the join is the recorded since.
+            let forward = !since.less_equal(&state.since_to_hold);
             if forward {
-                state.since_to_hold = since;
+                state.since_to_hold = state.since_to_hold.join(&since);
             }
             forward
         })
@@ -162,11 +163,11 @@ impl<S: Since, Q: Seqno> LeaseShared<S, Q> {
                 outcome = Err(ended.error());
                 return false;
             }
-            if since <= state.applied_since {
+            if since.less_equal(&state.applied_since) {
                 return false;
             }
-            if since > state.since_to_hold {
-                state.since_to_hold = since;
+            if !since.less_equal(&state.since_to_hold) {
+                state.since_to_hold = state.since_to_hold.join(&since);
             }
             // One outstanding request covers every since recorded before the
             // task takes its snapshot; a later request gets a later generation.
@@ -308,8 +309,8 @@ impl<S: Since, Q: Seqno> LeaseShared<S, Q> {
         let mut downgraded = false;
         self.cell.modify_if(|state| {
             let mut changed = false;
-            if reply.since > state.applied_since {
-                state.applied_since = reply.since;
+            if !reply.since.less_equal(&state.applied_since) {
+                state.applied_since = state.applied_since.join(&reply.since);
                 downgraded = true;
                 changed = true;
             }
@@ -357,29 +358,47 @@ impl<S: Since, Q: Seqno> fmt::Debug for LeaseShared<S, Q> {
 
 /// The handle/task protocol on a lease's shared state, for the loom models
 /// in `loom-tests/` (no runtime, no backend): each method is one step either
-/// side takes. Not part of the API.
+/// side takes. Generic over the since, so a model can drive a partially
+/// ordered one. Not part of the API.
 #[cfg(loom)]
-#[derive(Debug, Clone)]
-pub struct LeaseProtocol {
-    shared: std::sync::Arc<LeaseShared<u64, u64>>,
+#[derive(Debug)]
+pub struct LeaseProtocol<S: Since = u64> {
+    shared: std::sync::Arc<LeaseShared<S, u64>>,
 }
 
 #[cfg(loom)]
-impl LeaseProtocol {
+impl<S: Since> Clone for LeaseProtocol<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: std::sync::Arc::clone(&self.shared),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl LeaseProtocol<u64> {
     /// A lease's state, holding `since` and `seqno`.
     pub fn new(since: u64, seqno: u64) -> Self {
+        Self::with_since(since, seqno)
+    }
+}
+
+#[cfg(loom)]
+impl<S: Since> LeaseProtocol<S> {
+    /// A lease's state, holding `since` (of any lattice) and `seqno`.
+    pub fn with_since(since: S, seqno: u64) -> Self {
         Self {
             shared: std::sync::Arc::new(LeaseShared::new(since, seqno)),
         }
     }
 
     /// Handle: `maybe_downgrade_since`.
-    pub fn maybe_downgrade(&self, since: u64) -> bool {
+    pub fn maybe_downgrade(&self, since: S) -> bool {
         self.shared.maybe_downgrade(since)
     }
 
     /// Handle: `downgrade_since`, the request and the wait.
-    pub fn downgrade(&self, since: u64) -> impl Future<Output = Result<u64, LeaseError>> + '_ {
+    pub fn downgrade(&self, since: S) -> impl Future<Output = Result<S, LeaseError>> + '_ {
         let request = self.shared.request_downgrade(since);
         async move {
             match request? {
@@ -387,6 +406,11 @@ impl LeaseProtocol {
                 None => Ok(self.shared.applied_since()),
             }
         }
+    }
+
+    /// Handle: `since()`, the since recorded for the next heartbeat.
+    pub fn since(&self) -> S {
+        self.shared.since_to_hold()
     }
 
     /// Handle: `lease_seqno`.
@@ -420,7 +444,7 @@ impl LeaseProtocol {
     }
 
     /// Task: the snapshot a heartbeat sends: `(since, seqno hold, generation)`.
-    pub fn snapshot(&self) -> (u64, u64, u64) {
+    pub fn snapshot(&self) -> (S, u64, u64) {
         let snapshot = self.shared.snapshot();
         (
             snapshot.since,
@@ -431,10 +455,10 @@ impl LeaseProtocol {
 
     /// Task: a heartbeat of `snapshot` succeeded, the backend applied its
     /// since and reported `latest_seqno`.
-    pub fn ack(&self, snapshot: (u64, u64, u64), latest_seqno: u64) {
+    pub fn ack(&self, snapshot: (S, u64, u64), latest_seqno: u64) {
         let (since, seqno_hold, sync_generation) = snapshot;
         let sent = Snapshot {
-            since,
+            since: since.clone(),
             seqno_hold,
             sync_generation,
         };

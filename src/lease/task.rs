@@ -19,7 +19,6 @@
 //! [`State::task_has_work`]: super::state::State::task_has_work
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,6 +31,7 @@ use super::config::LeaseConfig;
 use super::error::{BackendError, LeaseError};
 use super::state::{Counters, Ended, LeaseShared};
 use crate::heartbeat::{InvalidReason, ValidityController};
+use crate::trace;
 
 type Shared<B> = LeaseShared<<B as LeaseBackend>::Since, <B as LeaseBackend>::Seqno>;
 
@@ -53,7 +53,8 @@ pub(super) fn spawn<B: LeaseBackend>(
         inner: Box::pin(run(backend, shared, controller, config, start)),
     };
     // Detached: the task outlives the handle, to expire the lease after a drop.
-    drop(tokio::spawn(task));
+    // Its events carry the fields of the span current at `Lease::spawn`.
+    drop(tokio::spawn(trace::instrument!(task, "lease")));
 }
 
 /// The spawned future: counts wake-ups, and owns the [`ExitGuard`].
@@ -136,6 +137,7 @@ async fn run<B: LeaseBackend>(
             Renewal::Renewed { started } => next_tick = started + period - jitter.draw(),
             Renewal::ExpireRequested => break,
             Renewal::Ended(error) => {
+                trace::event!(warn, error = %error, "lease ended");
                 let reason = match error {
                     LeaseError::Lost => InvalidReason::Lost,
                     LeaseError::TimedOut => InvalidReason::Expired,
@@ -153,6 +155,7 @@ async fn run<B: LeaseBackend>(
 
 /// One heartbeat, retried with backoff on transient errors while the lease
 /// is valid. Each attempt sends the latest since and seqno hold.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 async fn renew<B: LeaseBackend>(
     backend: &B,
     shared: &Shared<B>,
@@ -183,9 +186,18 @@ async fn renew<B: LeaseBackend>(
                 };
             }
             Err(BackendError::Lost) => return Renewal::Ended(LeaseError::Lost),
-            Err(BackendError::Transient(_)) => {
+            Err(BackendError::Transient(error)) => {
                 Counters::bump(&shared.counters.failed_heartbeats);
-                let retry = clock.sleep(backoff.next_delay());
+                let delay = backoff.next_delay();
+                trace::event!(
+                    warn,
+                    error = %error,
+                    since = ?sent.since,
+                    seqno_hold = ?sent.seqno_hold,
+                    retry_in = ?delay,
+                    "lease heartbeat failed; retrying"
+                );
+                let retry = clock.sleep(delay);
                 if let Either::Right((why, _)) =
                     select(retry, pin!(interrupted(shared, controller))).await
                 {
@@ -216,6 +228,7 @@ async fn interrupted<S: super::Since, Q: super::Seqno>(
 
 /// Expires the lease through the backend, retrying transient errors until
 /// the old validity deadline (after it, the shard expires the reader anyway).
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 async fn expire<B: LeaseBackend>(
     backend: &B,
     shared: &Shared<B>,
@@ -231,11 +244,13 @@ async fn expire<B: LeaseBackend>(
         let call = pin!(backend.expire());
         match select(call, clock.sleep_until(deadline)).await {
             Either::Left((Ok(()) | Err(BackendError::Lost), _)) => {
+                trace::event!(info, "lease expired");
                 shared.end(Ended::Expired);
                 return;
             }
-            Either::Left((Err(BackendError::Transient(_)), _)) => {
+            Either::Left((Err(BackendError::Transient(error)), _)) => {
                 let delay = backoff.next_delay();
+                trace::event!(warn, error = %error, retry_in = ?delay, "lease expiry failed; retrying");
                 if clock.now() + delay < deadline {
                     clock.sleep(delay).await;
                     continue;
@@ -243,12 +258,16 @@ async fn expire<B: LeaseBackend>(
             }
             Either::Right(_) => {}
         }
+        trace::event!(
+            warn,
+            "lease expiry gave up at the validity deadline; the shard expires it"
+        );
         shared.end(Ended::Failed(LeaseError::TimedOut));
         return;
     }
 }
 
-/// Per-lease jitter: a splitmix64 stream seeded from std's per-process
+/// Per-lease tick jitter (not the retry backoff): a splitmix64 stream seeded from std's per-process
 /// random keys, so leases created together drift apart.
 #[derive(Debug)]
 struct Jitter {
@@ -258,11 +277,9 @@ struct Jitter {
 
 impl Jitter {
     fn new(max: Duration) -> Self {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(0x6c65_6173_6568_6f6c); // any input; the keys are random
         Self {
             max_nanos: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX),
-            state: hasher.finish(),
+            state: crate::backoff::random_seed(),
         }
     }
 

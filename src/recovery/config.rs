@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::RecoveryConfigError;
+use crate::backoff::Backoff;
 use crate::clock::{self, Clock};
 use crate::heartbeat::HeartbeatConfig;
 
 /// How a [`RecoveryLoop`](super::RecoveryLoop) claims, waits and gives up.
 ///
 /// Build it with [`RecoveryConfig::builder`]. The defaults: batches of 100,
-/// 1 s idle wait, error backoff 100 ms × 1.5 capped at 30 s, three cleanup
+/// 1 s idle wait, error backoff 100 ms × 1.5 capped at 30 s with full jitter, three cleanup
 /// attempts per entry (counted in the log, across claims and recoverers),
 /// each abandoned after four times the log's staleness threshold.
 #[derive(Clone)]
@@ -21,6 +22,7 @@ pub struct RecoveryConfig {
     pub(super) backoff_initial: Duration,
     pub(super) backoff_factor: f64,
     pub(super) backoff_max: Duration,
+    pub(super) backoff_jitter: bool,
     pub(super) cleanup_attempts: u32,
     pub(super) cleanup_deadline: Option<Duration>,
     pub(super) heartbeat_interval: Option<Duration>,
@@ -37,6 +39,7 @@ impl RecoveryConfig {
                 backoff_initial: Duration::from_millis(100),
                 backoff_factor: 1.5,
                 backoff_max: Duration::from_secs(30),
+                backoff_jitter: true,
                 cleanup_attempts: 3,
                 cleanup_deadline: None,
                 heartbeat_interval: None,
@@ -138,6 +141,7 @@ impl fmt::Debug for RecoveryConfig {
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_factor", &self.backoff_factor)
             .field("backoff_max", &self.backoff_max)
+            .field("backoff_jitter", &self.backoff_jitter)
             .field("cleanup_attempts", &self.cleanup_attempts)
             .field("cleanup_deadline", &self.cleanup_deadline)
             .field("heartbeat_interval", &self.heartbeat_interval)
@@ -176,6 +180,16 @@ impl RecoveryConfigBuilder {
         self.config.backoff_initial = initial;
         self.config.backoff_factor = factor;
         self.config.backoff_max = max;
+        self
+    }
+
+    /// Whether each backoff delay is drawn at random from `[0, delay]` (full
+    /// jitter; the default), so that recoverers whose polls failed together,
+    /// in an outage of the store, do not retry in lockstep. `false` makes
+    /// the delays exact, which tests like. A permanent poll error waits the
+    /// longest backoff, `max`, without jitter.
+    pub fn backoff_jitter(mut self, jitter: bool) -> Self {
+        self.config.backoff_jitter = jitter;
         self
     }
 
@@ -251,39 +265,15 @@ impl RecoveryConfigBuilder {
     }
 }
 
-/// Capped exponential backoff.
-#[derive(Debug)]
-pub(super) struct Backoff {
-    initial: Duration,
-    factor: f64,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(super) fn new(config: &RecoveryConfig) -> Self {
-        Backoff {
-            initial: config.backoff_initial,
-            factor: config.backoff_factor,
-            max: config.backoff_max,
-            next: config.backoff_initial,
-        }
-    }
-
-    /// The wait before the next retry; each call grows the following one.
-    pub(super) fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = Duration::try_from_secs_f64(self.next.as_secs_f64() * self.factor)
-            .map_or(self.max, |grown| grown.min(self.max));
-        wait
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    /// Jumps to the longest wait: retrying soon cannot help.
-    pub(super) fn exhaust(&mut self) {
-        self.next = self.max;
+impl RecoveryConfig {
+    /// A fresh backoff for failed polls or cleanup attempts.
+    pub(super) fn backoff(&self) -> Backoff {
+        let jitter = if self.backoff_jitter { 1.0 } else { 0.0 };
+        Backoff::new(
+            self.backoff_initial,
+            self.backoff_factor,
+            self.backoff_max,
+            jitter,
+        )
     }
 }

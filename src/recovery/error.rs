@@ -117,6 +117,28 @@ pub enum RecoveryError {
 }
 
 impl RecoveryError {
+    /// The entry the error is about, unless it is a failed poll.
+    pub fn entry(&self) -> Option<EntryId> {
+        match self {
+            RecoveryError::Poll(_) => None,
+            RecoveryError::Store { id, .. }
+            | RecoveryError::Cleanup { id, .. }
+            | RecoveryError::Panicked { id, .. }
+            | RecoveryError::DeadlineExceeded { id, .. } => Some(*id),
+        }
+    }
+
+    /// The entry's cleanup attempt the error is about (counted across
+    /// claims), if it is about one.
+    pub fn attempt(&self) -> Option<u32> {
+        match self {
+            RecoveryError::Poll(_) | RecoveryError::Store { .. } => None,
+            RecoveryError::Cleanup { attempt, .. }
+            | RecoveryError::Panicked { attempt, .. }
+            | RecoveryError::DeadlineExceeded { attempt, .. } => Some(*attempt),
+        }
+    }
+
     /// Whether the condition may clear by itself (a busy or unreachable
     /// store, a failed cleanup that may succeed next time), as opposed to a
     /// permanent one (the log's schema or configuration), which the loop

@@ -19,7 +19,7 @@
 //! | [`RecoveryConfig`] | batch size, waits, backoff, attempts before quarantine |
 //! | [`RecoveryStats`], [`QuarantineReport`], [`RecoveryError`] | what it did, which poison entries it parked, what went wrong |
 //!
-//! Differences from the reference design this replaces:
+//! Differences from the usual hand-rolled recovery loop:
 //!
 //! - Claims are exclusive and fenced (the log's
 //!   [`claim_stale`](crate::changelog::ChangeLog::claim_stale)), not an
@@ -52,8 +52,8 @@
 //!
 //! | piece | what it owns |
 //! |---|---|
-//! | [`SettledCursor`] | the low-water mark over in-flight, retry-pending and settled keys |
-//! | [`RetryQueue`], [`RetryPolicy`] | when each failed key is due again (1 s doubling, capped at 30 s, jittered) |
+//! | [`ResumePoint`] | the low-water mark over in-flight, retry-pending and settled keys: what a checkpoint stores |
+//! | [`RetryPolicy`] | when each failed key is due again (1 s doubling, capped at 30 s, jittered) |
 //! | [`ProgressStore`], [`MemoryProgressStore`] | the durable `{scope fingerprint, resume point}` |
 //! | [`RecoveryScan`], [`ScanControl`] | the driver, its stop switch, counters and final save |
 

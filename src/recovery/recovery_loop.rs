@@ -2,25 +2,29 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{Either, select};
 
-use super::config::{Backoff, RecoveryConfig};
+use super::config::RecoveryConfig;
 use super::error::{RecoveryConfigError, RecoveryError};
 use super::events;
 use crate::WatchCell;
+use crate::backoff::Backoff;
 use crate::changelog::{
     Attempt, ChangeLog, ClaimedEntry, Cleanup, EntryId, Fence, OwnerId, Ownership, Payload, Phase,
     RECENT_FAILURES, Removal, clip_failure,
 };
 use crate::heartbeat::{BeatError, Heartbeat, HeartbeatConfig, Validity};
 use crate::sync::Mutex;
+use crate::trace;
 
 /// How many quarantine reports a loop keeps (the most recent); older ones
 /// are counted in [`RecoveryStats::reports_dropped`].
@@ -209,7 +213,11 @@ impl RecoveryLoop {
             state: state.clone(),
             _payload: PhantomData::<fn() -> P>,
         };
-        let task = tokio::spawn(worker.run());
+        let task = tokio::spawn(trace::instrument!(
+            worker.run(),
+            "recovery_loop",
+            owner = %worker.owner
+        ));
         Ok(RecoveryLoop {
             state,
             task: Some(task),
@@ -414,7 +422,7 @@ where
 {
     async fn run(self) {
         let _stopped = Stopped(self.state.clone());
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = self.config.backoff();
         loop {
             let stop = pin!(self.state.wait_for(|state| state.stopping));
             let step = pin!(self.step(&mut backoff));
@@ -436,11 +444,14 @@ where
             Err(source) => {
                 // Retrying soon cannot fix a schema or a configuration: say
                 // so, and retry at the longest backoff only.
-                if !source.is_transient() {
+                let wait = if source.is_transient() {
+                    backoff.next_delay()
+                } else {
                     backoff.exhaust();
-                }
-                events::poll_failed(&self.state, RecoveryError::Poll(source));
-                self.config.clock.sleep(backoff.next_wait()).await;
+                    backoff.max()
+                };
+                events::poll_failed(&self.state, RecoveryError::Poll(source), wait);
+                self.config.clock.sleep(wait).await;
             }
             Ok(batch) if batch.is_empty() => {
                 backoff.reset();
@@ -455,8 +466,13 @@ where
             }
             Ok(batch) => {
                 backoff.reset();
-                events::claimed(&self.state, batch.len());
-                self.process(anchor, batch).await;
+                events::claimed(&self.state, &batch);
+                trace::instrument!(
+                    self.process(anchor, batch),
+                    "recovery_batch",
+                    entries = batch.len()
+                )
+                .await;
             }
         }
     }
@@ -497,7 +513,7 @@ where
             }
         });
         let validity = heartbeat.validity();
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = self.config.backoff();
         for entry in &batch {
             // Once the batch's validity has lapsed, others may own the rest:
             // leave it to be reclaimed (released when `_settle` drops).
@@ -571,9 +587,9 @@ where
             let reason = chain(&failure);
             let abandoned = matches!(failure, RecoveryError::DeadlineExceeded { .. });
             if abandoned {
-                events::abandoned(&self.state, failure);
+                events::abandoned(&self.state, fence, failure);
             } else {
-                events::attempt_failed(&self.state, failure);
+                events::attempt_failed(&self.state, fence, failure);
             }
             match self.log.record_failure(fence, &reason).await {
                 Ok(Ownership::Held) => {}
@@ -602,7 +618,7 @@ where
                 }
                 return;
             }
-            let retry = self.config.clock.sleep(backoff.next_wait());
+            let retry = self.config.clock.sleep(backoff.next_delay());
             if let Either::Right(_) = select(retry, pin!(validity.invalidated())).await {
                 if ledger.take(id) {
                     events::released(&self.state, id);
@@ -637,37 +653,56 @@ where
             }
         };
         let cleanup = Arc::clone(&self.cleanup);
-        let mut task = tokio::spawn(
+        // The cleanup's own events carry the entry and the attempt.
+        let mut task = tokio::spawn(trace::instrument!(
             AssertUnwindSafe(async move { cleanup.cleanup(&payload, phase).await }).catch_unwind(),
-        );
+            "cleanup",
+            entry = %id,
+            generation = entry.fence.generation(),
+            attempt,
+        ));
         // Dropping the attempt (deadline, lapse, shutdown) drops the cleanup.
         let _abort = AbortOnDrop(task.abort_handle());
-        let deadline = self.config.clock.sleep(self.deadline);
-        tokio::select! {
-            biased;
-            joined = &mut task => match joined {
-                Ok(Ok(Ok(()))) => Attempted::Done,
-                Ok(Ok(Err(source))) => Attempted::Failed(RecoveryError::Cleanup {
-                    id,
-                    attempt,
-                    source,
-                }),
-                Ok(Err(panic)) => Attempted::Failed(RecoveryError::Panicked {
-                    id,
-                    attempt,
-                    what: "cleanup",
-                    message: panic_message(&*panic),
-                }),
-                // Cancelled by the runtime shutting down.
-                Err(error) => Attempted::Failed(RecoveryError::Panicked {
-                    id,
-                    attempt,
-                    what: "cleanup",
-                    message: error.to_string(),
-                }),
-            },
-            _ = validity.invalidated() => Attempted::Invalid,
-            () = deadline => Attempted::Failed(RecoveryError::DeadlineExceeded {
+        let mut deadline = self.config.clock.sleep(self.deadline);
+        let mut invalidated = pin!(validity.invalidated());
+        enum Ended<T> {
+            Joined(T),
+            Invalid,
+            Deadline,
+        }
+        // Biased, in this order: a cleanup that ended counts even if the
+        // deadline passed in the same poll.
+        let ended = std::future::poll_fn(|cx| {
+            if let Poll::Ready(joined) = Pin::new(&mut task).poll(cx) {
+                return Poll::Ready(Ended::Joined(joined));
+            }
+            if invalidated.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ended::Invalid);
+            }
+            deadline.as_mut().poll(cx).map(|()| Ended::Deadline)
+        });
+        match ended.await {
+            Ended::Joined(Ok(Ok(Ok(())))) => Attempted::Done,
+            Ended::Joined(Ok(Ok(Err(source)))) => Attempted::Failed(RecoveryError::Cleanup {
+                id,
+                attempt,
+                source,
+            }),
+            Ended::Joined(Ok(Err(panic))) => Attempted::Failed(RecoveryError::Panicked {
+                id,
+                attempt,
+                what: "cleanup",
+                message: panic_message(&*panic),
+            }),
+            // Cancelled by the runtime shutting down.
+            Ended::Joined(Err(error)) => Attempted::Failed(RecoveryError::Panicked {
+                id,
+                attempt,
+                what: "cleanup",
+                message: error.to_string(),
+            }),
+            Ended::Invalid => Attempted::Invalid,
+            Ended::Deadline => Attempted::Failed(RecoveryError::DeadlineExceeded {
                 id,
                 attempt,
                 deadline: self.deadline,

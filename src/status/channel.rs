@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::{Outcome, SyncOutcome, SyncStatus, TimedOut};
 use crate::WatchCell;
-use crate::watch_cell::WakeList;
 use crate::watch_cell::{Closed, WaitTimeoutError};
+use crate::watch_cell::{WakeList, WatchIndex};
 
 /// Creates a status channel: one [`SyncPublisher`] that publishes the outcome
 /// exactly once, and a first [`SyncReceiver`] (clone it, or call
@@ -36,16 +36,17 @@ use crate::watch_cell::{Closed, WaitTimeoutError};
 /// ```
 pub fn channel<O: Outcome>() -> (SyncPublisher<O>, SyncReceiver<O>) {
     let status = WatchCell::new(SyncStatus::Pending);
-    let receiver = SyncReceiver {
-        status: status.clone(),
-    };
-    (
-        SyncPublisher {
-            status: Some(status),
-        },
-        receiver,
-    )
+    // Waiters wait on an index over "is done": publication completes them
+    // all at once (one key evaluation, the whole index taken in one step),
+    // with no per-waiter predicate call and no per-waiter outcome clone
+    // under the lock; each reads the (immutable) outcome once woken.
+    let done = status.index(|status: &SyncStatus<O>| status.is_done());
+    let receiver = SyncReceiver { done: done.clone() };
+    (SyncPublisher { status: Some(done) }, receiver)
 }
+
+/// A channel's cell and its "is done" index.
+type DoneIndex<O> = WatchIndex<SyncStatus<O>, bool>;
 
 /// The publishing half of a status channel: publishes the outcome of one
 /// sync, exactly once.
@@ -58,7 +59,7 @@ pub fn channel<O: Outcome>() -> (SyncPublisher<O>, SyncReceiver<O>) {
 /// [`Outcome::panicked`] ([`SyncOutcome::Failed`]) instead.
 pub struct SyncPublisher<O: Outcome = SyncOutcome> {
     /// `None` once published.
-    status: Option<WatchCell<SyncStatus<O>>>,
+    status: Option<DoneIndex<O>>,
 }
 
 impl<O: Outcome> SyncPublisher<O> {
@@ -87,16 +88,16 @@ impl<O: Outcome> SyncPublisher<O> {
     /// ```
     pub fn subscribe(&self) -> SyncReceiver<O> {
         SyncReceiver {
-            status: self.cell().clone(),
+            done: self.index().clone(),
         }
     }
 
     /// Whether `receiver` listens to this publisher.
     pub fn same_channel(&self, receiver: &SyncReceiver<O>) -> bool {
-        self.cell().same_cell(&receiver.status)
+        self.index().cell().same_cell(receiver.cell())
     }
 
-    fn cell(&self) -> &WatchCell<SyncStatus<O>> {
+    fn index(&self) -> &DoneIndex<O> {
         self.status
             .as_ref()
             .expect("`status` is `Some` until the publisher is consumed or dropped")
@@ -113,7 +114,7 @@ impl<O: Outcome> SyncPublisher<O> {
         match self.status.take() {
             // The only write to the cell: `Pending -> Done` happens once, here.
             Some(status) => {
-                let ((), wakes) = status.modify_deferred(|current| {
+                let ((), wakes) = status.cell().modify_deferred(|current| {
                     *current = SyncStatus::Done(outcome);
                     (true, ())
                 });
@@ -165,10 +166,24 @@ impl<O: Outcome + fmt::Debug> fmt::Debug for SyncPublisher<O> {
 /// For an async wait with a time limit, wrap [`done`](Self::done) in
 /// `tokio::time::timeout`; it is cancel safe.
 pub struct SyncReceiver<O = SyncOutcome> {
-    status: WatchCell<SyncStatus<O>>,
+    done: DoneIndex<O>,
 }
 
 impl<O> SyncReceiver<O> {
+    fn cell(&self) -> &WatchCell<SyncStatus<O>> {
+        self.done.cell()
+    }
+
+    /// The outcome, once a wait saw it published (`Done` is final).
+    fn published(&self) -> O
+    where
+        O: Clone,
+    {
+        self.cell()
+            .read(|status| status.outcome().cloned())
+            .expect("a published status stays `Done`")
+    }
+
     /// The status now.
     ///
     /// ```
@@ -183,12 +198,12 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone,
     {
-        self.status.read(SyncStatus::clone)
+        self.cell().read(SyncStatus::clone)
     }
 
     /// Whether the outcome was published.
     pub fn is_done(&self) -> bool {
-        self.status.read(SyncStatus::is_done)
+        self.cell().read(SyncStatus::is_done)
     }
 
     /// A new receiver of the same channel (the same as `clone`).
@@ -198,13 +213,13 @@ impl<O> SyncReceiver<O> {
 
     /// Whether `self` and `other` listen to the same publisher.
     pub fn same_channel(&self, other: &Self) -> bool {
-        self.status.same_cell(&other.status)
+        self.cell().same_cell(other.cell())
     }
 
     /// How many waits on this channel are parked right now (async and
     /// blocking), for observability and tests.
     pub fn waiting(&self) -> usize {
-        self.status.stats().waiters
+        self.cell().stats().waiters
     }
 
     /// Waits for the outcome and returns it. Resolves at once if it is
@@ -234,10 +249,11 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send + 'static,
     {
-        self.status
-            .wait_for_map(|status| status.outcome().cloned())
+        self.done
+            .wait_at_least(true)
             .await
-            .unwrap_or_else(never_closed)
+            .unwrap_or_else(never_closed);
+        self.published()
     }
 
     /// Blocks the current thread until the outcome is published, and
@@ -258,9 +274,10 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send,
     {
-        self.status
-            .blocking_wait_for_map(|status| status.outcome().cloned())
-            .unwrap_or_else(never_closed)
+        self.done
+            .blocking_wait_at_least(true)
+            .unwrap_or_else(never_closed);
+        self.published()
     }
 
     /// Like [`blocking_done`](Self::blocking_done), giving up at `deadline`.
@@ -283,9 +300,10 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send,
     {
-        self.status
-            .blocking_wait_for_map_deadline(|status| status.outcome().cloned(), deadline)
-            .map_err(timed_out)
+        self.done
+            .blocking_wait_at_least_deadline(true, deadline)
+            .map_err(timed_out)?;
+        Ok(self.published())
     }
 
     /// Like [`blocking_done`](Self::blocking_done), giving up after
@@ -310,9 +328,10 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send,
     {
-        self.status
-            .blocking_wait_for_map_timeout(|status| status.outcome().cloned(), timeout)
-            .map_err(timed_out)
+        self.done
+            .blocking_wait_at_least_timeout(true, timeout)
+            .map_err(timed_out)?;
+        Ok(self.published())
     }
 }
 
@@ -331,7 +350,7 @@ fn timed_out(error: WaitTimeoutError) -> TimedOut {
 impl<O> Clone for SyncReceiver<O> {
     fn clone(&self) -> Self {
         Self {
-            status: self.status.clone(),
+            done: self.done.clone(),
         }
     }
 }
@@ -339,7 +358,7 @@ impl<O> Clone for SyncReceiver<O> {
 impl<O: fmt::Debug> fmt::Debug for SyncReceiver<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SyncReceiver")
-            .field("status", &self.status)
+            .field("status", self.cell())
             .finish()
     }
 }

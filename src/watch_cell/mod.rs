@@ -9,6 +9,13 @@
 //! | a condition holds, and copy something out of the value | [`wait_for_map`] | [`blocking_wait_for_map`], [`_map_deadline`], [`_map_timeout`] |
 //! | there is something to take, and take it (a work queue: one item, one taker) | [`wait_take`] | [`blocking_wait_take`], [`_take_deadline`], [`_take_timeout`] |
 //! | anything changed since a version you saw | [`changed`] | [`blocking_changed`], [`_changed_deadline`], [`_changed_timeout`] |
+//! | a number in the value has reached a threshold, with many waiters (durable seqno ≥ mine, applied index ≥ i) | [`WatchIndex::wait_at_least`] | [`blocking_wait_at_least`], [`_at_least_deadline`], [`_at_least_timeout`] |
+//!
+//! A predicate wait costs every notifying modification one call of its
+//! predicate, under the lock: N waiters make a modification O(N). When many
+//! waits compare the same key with different thresholds, create a
+//! [`WatchIndex`] over that key with [`index`]: a modification then costs one
+//! key evaluation and O(log N + woken), however many wait.
 //!
 //! Prefer a predicate wait over [`changed`]: the modifier tests your
 //! predicate for you under the lock, so you are woken exactly once, when it
@@ -99,8 +106,13 @@
 //! [`read`]: WatchCell::read
 //! [`modify`]: WatchCell::modify
 //! [`close`]: WatchCell::close
+//! [`index`]: WatchCell::index
+//! [`blocking_wait_at_least`]: WatchIndex::blocking_wait_at_least
+//! [`_at_least_deadline`]: WatchIndex::blocking_wait_at_least_deadline
+//! [`_at_least_timeout`]: WatchIndex::blocking_wait_at_least_timeout
 
 mod error;
+mod index;
 mod wait;
 mod waiter;
 
@@ -111,8 +123,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
 pub use error::{Closed, WaitTimeoutError};
+pub use index::WatchIndex;
 
 use crate::sync::{Arc, Mutex};
+use index::Indexes;
 use wait::Wait;
 pub(crate) use waiter::WakeList;
 use waiter::{Changed, Map, Predicate, Take, Until, Waiter, WaiterList};
@@ -154,9 +168,10 @@ pub struct WatchStats {
     /// Waiters woken: because their predicate held, because it panicked on a
     /// modifier's thread, or because the cell closed.
     pub wakeups: u64,
-    /// Predicate evaluations, by waiters and by modifiers.
+    /// Predicate evaluations, by waiters and by modifiers. An index's key
+    /// evaluation counts as one, however many waits it settles.
     pub predicate_evals: u64,
-    /// Waiters registered right now.
+    /// Waiters registered right now (predicate and index waits).
     pub waiters: usize,
 }
 
@@ -209,6 +224,7 @@ struct State<T> {
     version: Version,
     closed: bool,
     waiters: WaiterList<T>,
+    indexes: Indexes<T>,
     wakeups: u64,
     predicate_evals: u64,
 }
@@ -253,15 +269,28 @@ impl<T> State<T> {
     }
 
     /// Bumps the version and completes the waiters whose predicate now holds
-    /// (each take among them bumps it again).
+    /// (each take among them bumps it again), and the index waiters whose
+    /// threshold the new value's key has reached: O(log N) per index, not
+    /// O(N), when nobody is satisfied.
     fn notify(&mut self) -> WakeList {
         self.version.0 += 1;
         let mut wakes = WakeList::default();
+        self.predicate_evals += self.indexes.notify(&self.value, &mut wakes);
+        let before = self.version;
         self.predicate_evals += self
             .waiters
             .notify(&mut self.value, &mut self.version, &mut wakes);
+        if self.version != before {
+            // Takes changed the value: the indexes see what they left.
+            self.predicate_evals += self.indexes.notify(&self.value, &mut wakes);
+        }
         self.wakeups += wakes.len() as u64;
         wakes
+    }
+
+    /// Registered waits: predicate waits and index waits.
+    fn waiting(&self) -> usize {
+        self.waiters.len() + self.indexes.len()
     }
 }
 
@@ -275,6 +304,7 @@ impl<T> WatchCell<T> {
                     version: Version::INITIAL,
                     closed: false,
                     waiters: WaiterList::new(),
+                    indexes: Indexes::new(),
                     wakeups: 0,
                     predicate_evals: 0,
                 }),
@@ -340,7 +370,8 @@ impl<T> WatchCell<T> {
     /// If `f` panics, the panic propagates after waiters were notified of
     /// whatever `f` changed before panicking (the cell is not poisoned).
     /// If a waiter's waker panics when woken, the other waiters are still
-    /// woken, then that panic propagates; the modification stands.
+    /// woken, then that panic propagates; the modification stands. So does
+    /// the panic of an index's key function (see [`WatchIndex`]).
     ///
     /// ```
     /// let cell = leasehold::WatchCell::new(0_u64);
@@ -463,6 +494,7 @@ impl<T> WatchCell<T> {
         state.closed = true;
         let mut wakes = WakeList::default();
         state.waiters.close_all(&mut wakes);
+        state.indexes.close_all(&mut wakes);
         state.wakeups += wakes.len() as u64;
         drop(state);
         drop(wakes);
@@ -481,7 +513,7 @@ impl<T> WatchCell<T> {
             notifications: state.version.0,
             wakeups: state.wakeups,
             predicate_evals: state.predicate_evals,
-            waiters: state.waiters.len(),
+            waiters: state.waiting(),
         }
     }
 
@@ -1126,7 +1158,7 @@ impl<T: fmt::Debug> fmt::Debug for WatchCell<T> {
                 .field("value", &state.value)
                 .field("version", &state.version)
                 .field("closed", &state.closed)
-                .field("waiters", &state.waiters.len()),
+                .field("waiters", &state.waiting()),
             None => d.field("value", &format_args!("<locked>")),
         };
         d.finish()

@@ -554,10 +554,13 @@ impl<T> WaiterList<T> {
 pub(crate) struct WakeList {
     first: Option<Unparker>,
     rest: Vec<Unparker>,
+    /// A panic caught under the lock (an index's key function), resumed
+    /// once every waiter was woken.
+    panic: Option<Box<dyn Any + Send>>,
 }
 
 impl WakeList {
-    fn push(&mut self, unparker: Unparker) {
+    pub(super) fn push(&mut self, unparker: Unparker) {
         if self.first.is_none() {
             self.first = Some(unparker);
         } else {
@@ -568,14 +571,25 @@ impl WakeList {
     pub(super) fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
+
+    /// Keeps `payload` (the first one only) to resume after the wake-ups.
+    pub(super) fn defer_panic(&mut self, payload: Box<dyn Any + Send>) {
+        self.panic.get_or_insert(payload);
+    }
+
+    /// Room for `additional` more unparkers, reserved before a bulk wake-up.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.rest.reserve(additional);
+    }
 }
 
 impl Drop for WakeList {
     /// Wakes every waiter, even if a waker panics: each wake-up is attempted,
     /// then the first panic resumes (unless the thread is already unwinding,
-    /// where a second panic would abort).
+    /// where a second panic would abort). A panic deferred with
+    /// [`defer_panic`](Self::defer_panic) wins over a waker's.
     fn drop(&mut self) {
-        let mut first_panic = None;
+        let mut first_panic = self.panic.take();
         for unparker in self.first.take().into_iter().chain(self.rest.drain(..)) {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| unparker.unpark())) {
                 first_panic.get_or_insert(payload);

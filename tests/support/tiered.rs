@@ -24,7 +24,8 @@ pub const STALENESS: Duration = Duration::from_millis(1000);
 /// The example recovery loop's idle wait: one poll interval.
 pub const RECOVERY_POLL: Duration = Duration::from_millis(100);
 
-/// `target/<profile>/examples/tiered_store`, built by `cargo test`.
+/// `target/<profile>/examples/tiered_store`, built by `cargo test` or by
+/// `cargo build --examples` (scripts/test.sh does it before nextest).
 pub fn example_binary() -> PathBuf {
     let test_exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/
@@ -34,8 +35,8 @@ pub fn example_binary() -> PathBuf {
         .join(format!("tiered_store{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.exists(),
-        "{} is missing: run the test through `cargo test` (which builds examples) \
-         or `cargo build --example tiered_store` first",
+        "{} is missing: run the test through `cargo test` (which builds examples), \
+         `bash scripts/test.sh`, or `cargo build --all-features --examples` first",
         binary.display()
     );
     binary

@@ -9,6 +9,7 @@ use super::cursor::{ResumePoint, SettledCursor};
 use super::error::{ProgressStoreError, ScanError};
 use super::progress::{Checkpoint, ProgressStore, ScanKey, ScopeFingerprint};
 use crate::status::SyncPublisher;
+use crate::trace;
 
 /// The scan's persistent state: the cursor, the keys given up, and the duty
 /// to save them.
@@ -88,6 +89,10 @@ impl<K: ScanKey, S: ProgressStore> CheckpointWriter<K, S> {
                 start
             }
             Some(_) => {
+                trace::event!(
+                    info,
+                    "recovery scan scope changed: checkpoint cleared, starting over"
+                );
                 self.store.clear().await?;
                 scope_changed = true;
                 ResumePoint::Start
@@ -104,6 +109,7 @@ impl<K: ScanKey, S: ProgressStore> CheckpointWriter<K, S> {
     /// Settles `key`, whose sync failed for the last allowed time, as given
     /// up: the next save records it.
     pub(super) fn give_up(&mut self, key: K) {
+        trace::event!(warn, key = ?key, "recovery scan gave a key up");
         self.progress.gave_up += 1;
         self.progress.settled += 1;
         self.cursor
@@ -137,11 +143,23 @@ impl<K: ScanKey, S: ProgressStore> CheckpointWriter<K, S> {
 
     /// Saves the resume point (and the given-up keys) if they differ from
     /// the stored ones.
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
     async fn save(&mut self) -> Result<(), ProgressStoreError> {
         let point = self.point_to_save();
         if self.unsaved(&point) {
             let (checkpoint, given_up) = self.checkpoint(&point);
-            self.store.save_with_given_up(checkpoint, given_up).await?;
+            let saved = self.store.save_with_given_up(checkpoint, given_up).await;
+            if let Err(error) = &saved {
+                trace::event!(warn, error = %error, resume = ?point, "recovery scan checkpoint save failed");
+            }
+            saved?;
+            trace::event!(
+                info,
+                resume = ?point,
+                settled = self.progress.settled,
+                given_up = self.given_up.len(),
+                "recovery scan checkpoint saved"
+            );
             self.progress.checkpoints += 1;
             self.progress.persisted = Some(point.clone());
             self.persisted = Some(point);

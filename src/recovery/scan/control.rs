@@ -12,6 +12,7 @@ use crate::sync::Mutex;
 /// A snapshot of a scan's progress, from [`ScanControl::progress`], the
 /// progress callback, and the [`ScanReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ScanProgress<K> {
     /// Where this run started: the checkpoint's resume point, or `Start`.
     pub started_from: ResumePoint<K>,
@@ -74,6 +75,7 @@ impl<K> ScanProgress<K> {
 
 /// How a run of [`RecoveryScan::run`](super::RecoveryScan::run) ended, when it did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ScanReport<K> {
     /// `true` if every key settled and the checkpoint was cleared; `false`
     /// if the scan was stopped through [`ScanControl::cancel`] (its resume

@@ -97,7 +97,7 @@ impl<K: Ord> Ord for ResumePoint<K> {
 
 /// Where a key tracked by a [`SettledCursor`] stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyState {
+pub(crate) enum KeyState {
     /// Its job is running.
     InFlight,
     /// Its job did not finish the work; it waits for a retry.
@@ -121,28 +121,8 @@ pub enum KeyState {
 ///
 /// The cursor is a plain value with `&mut` methods: the scan that owns it
 /// applies every transition from one task, so it needs no lock.
-///
-/// # Examples
-///
-/// ```
-/// use leasehold::recovery::{ResumePoint, SettledCursor};
-///
-/// let mut cursor = SettledCursor::new(ResumePoint::Start);
-/// for key in [1_u64, 2, 3] {
-///     cursor.begin(key).unwrap();
-/// }
-/// cursor.settle(&3).unwrap(); // out of order: 1 and 2 are still in flight
-/// assert_eq!(cursor.resume_point(), ResumePoint::From(1));
-/// cursor.defer(&1).unwrap(); // 1 failed and waits for a retry
-/// cursor.settle(&2).unwrap();
-/// assert_eq!(cursor.resume_point(), ResumePoint::From(1));
-/// cursor.retry(&1).unwrap();
-/// cursor.settle(&1).unwrap();
-/// assert_eq!(cursor.resume_point(), ResumePoint::After(3));
-/// assert_eq!(cursor.passed(), 3);
-/// ```
 #[derive(Debug, Clone)]
-pub struct SettledCursor<K> {
+pub(crate) struct SettledCursor<K> {
     /// The point the cursor was created at (a loaded checkpoint).
     start: ResumePoint<K>,
     /// The largest key begun: keys are begun in strictly increasing order.
@@ -162,7 +142,7 @@ pub struct SettledCursor<K> {
 impl<K: Ord + Clone> SettledCursor<K> {
     /// A cursor resuming at `start`: the first key begun must lie at or
     /// after it.
-    pub fn new(start: ResumePoint<K>) -> Self {
+    pub(crate) fn new(start: ResumePoint<K>) -> Self {
         Self {
             start,
             scanned: None,
@@ -188,7 +168,7 @@ impl<K: Ord + Clone> SettledCursor<K> {
     /// entry while an earlier one is present, and `From(new) > After(old
     /// scanned)`. Before anything is begun the point is `start`, and
     /// [`begin`](Self::begin) refuses keys that `start` covers.
-    pub fn resume_point(&self) -> ResumePoint<K> {
+    pub(crate) fn resume_point(&self) -> ResumePoint<K> {
         if let Some(first) = self.window.keys().next() {
             ResumePoint::From(first.clone())
         } else if let Some(scanned) = &self.scanned {
@@ -205,7 +185,7 @@ impl<K: Ord + Clone> SettledCursor<K> {
     ///
     /// [`CursorError::OutOfOrder`] if `key` is not after the last key begun,
     /// or lies before the start; the cursor is unchanged.
-    pub fn begin(&mut self, key: K) -> Result<(), CursorError> {
+    pub(crate) fn begin(&mut self, key: K) -> Result<(), CursorError> {
         let after_scanned = self.scanned.as_ref().is_none_or(|scanned| key > *scanned);
         if !after_scanned || self.start.covers(&key) {
             return Err(CursorError::OutOfOrder);
@@ -222,7 +202,7 @@ impl<K: Ord + Clone> SettledCursor<K> {
     /// # Errors
     ///
     /// [`CursorError::NotInFlight`] if `key` is not in flight.
-    pub fn defer(&mut self, key: &K) -> Result<(), CursorError> {
+    pub(crate) fn defer(&mut self, key: &K) -> Result<(), CursorError> {
         self.transition(key, KeyState::InFlight, KeyState::AwaitingRetry)?;
         self.in_flight -= 1;
         self.awaiting_retry += 1;
@@ -234,7 +214,7 @@ impl<K: Ord + Clone> SettledCursor<K> {
     /// # Errors
     ///
     /// [`CursorError::NotAwaitingRetry`] if `key` was not deferred.
-    pub fn retry(&mut self, key: &K) -> Result<(), CursorError> {
+    pub(crate) fn retry(&mut self, key: &K) -> Result<(), CursorError> {
         self.transition(key, KeyState::AwaitingRetry, KeyState::InFlight)
             .map_err(|_| CursorError::NotAwaitingRetry)?;
         self.awaiting_retry -= 1;
@@ -249,7 +229,7 @@ impl<K: Ord + Clone> SettledCursor<K> {
     ///
     /// [`CursorError::NotUnfinished`] if `key` is not tracked or already
     /// settled.
-    pub fn settle(&mut self, key: &K) -> Result<bool, CursorError> {
+    pub(crate) fn settle(&mut self, key: &K) -> Result<bool, CursorError> {
         let state = self.window.get_mut(key).ok_or(CursorError::NotUnfinished)?;
         match std::mem::replace(state, KeyState::Settled) {
             KeyState::InFlight => self.in_flight -= 1,
@@ -279,42 +259,38 @@ impl<K: Ord + Clone> SettledCursor<K> {
         }
     }
 
-    /// The state of `key`, if the cursor tracks it (begun, not yet passed).
-    pub fn state(&self, key: &K) -> Option<KeyState> {
-        self.window.get(key).copied()
-    }
-
     /// The largest key begun.
-    pub fn scanned(&self) -> Option<&K> {
+    #[cfg(test)]
+    pub(crate) fn scanned(&self) -> Option<&K> {
         self.scanned.as_ref()
     }
 
     /// Keys begun but not yet passed by the resume point: unfinished keys,
     /// and settled keys waiting behind one. A crash now repeats the work of
     /// the settled ones, so a scan bounds this number.
-    pub fn window(&self) -> usize {
+    pub(crate) fn window(&self) -> usize {
         self.window.len()
     }
 
     /// Keys in flight.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 
     /// Keys waiting for a retry.
-    pub fn awaiting_retry(&self) -> usize {
+    pub(crate) fn awaiting_retry(&self) -> usize {
         self.awaiting_retry
     }
 
     /// Keys the resume point has moved past since the cursor was created:
     /// the count a scan persists by, in settled items rather than key
     /// distance.
-    pub fn passed(&self) -> u64 {
+    pub(crate) fn passed(&self) -> u64 {
         self.passed
     }
 
     /// Whether no key is in flight or waiting for a retry.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.in_flight == 0 && self.awaiting_retry == 0
     }
 }
@@ -322,6 +298,80 @@ impl<K: Ord + Clone> SettledCursor<K> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Random begin / defer / retry / settle sequences against a model: after
+    /// every step the resume point covers no unfinished key, never moves
+    /// backwards, and is exactly "from the smallest unfinished key" or "after
+    /// the scan position".
+    #[test]
+    fn cursor_resume_point_never_passes_unfinished_key_in_any_completion_order() {
+        for seed in 0..400 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let start = rng.random_range(0..20_u64);
+            let mut cursor = SettledCursor::new(ResumePoint::After(start));
+            let mut next = start + 1;
+            let mut in_flight: Vec<u64> = Vec::new();
+            let mut awaiting: Vec<u64> = Vec::new();
+            let mut last = cursor.resume_point();
+            let mut settled = 0_u64;
+            for _ in 0..300 {
+                match rng.random_range(0..10) {
+                    0..=3 => {
+                        next += rng.random_range(1..4); // sparse keys
+                        cursor.begin(next).unwrap();
+                        in_flight.push(next);
+                    }
+                    4..=6 if !in_flight.is_empty() => {
+                        let key = in_flight.swap_remove(rng.random_range(0..in_flight.len()));
+                        cursor.settle(&key).unwrap();
+                        settled += 1;
+                    }
+                    7 if !in_flight.is_empty() => {
+                        let key = in_flight.swap_remove(rng.random_range(0..in_flight.len()));
+                        cursor.defer(&key).unwrap();
+                        awaiting.push(key);
+                    }
+                    8 if !awaiting.is_empty() => {
+                        let key = awaiting.swap_remove(rng.random_range(0..awaiting.len()));
+                        cursor.retry(&key).unwrap();
+                        in_flight.push(key);
+                    }
+                    9 if !awaiting.is_empty() => {
+                        // a re-check found the work done
+                        let key = awaiting.swap_remove(rng.random_range(0..awaiting.len()));
+                        cursor.settle(&key).unwrap();
+                        settled += 1;
+                    }
+                    _ => {}
+                }
+                let point = cursor.resume_point();
+                for key in in_flight.iter().chain(&awaiting) {
+                    assert!(
+                        !point.covers(key),
+                        "seed {seed}: {point:?} passes unfinished {key}"
+                    );
+                }
+                assert!(
+                    point >= last,
+                    "seed {seed}: moved backwards {last:?} -> {point:?}"
+                );
+                let expected = match in_flight.iter().chain(&awaiting).min() {
+                    Some(min) => ResumePoint::From(*min),
+                    None if next > start + 1 || cursor.scanned().is_some() => {
+                        ResumePoint::After(*cursor.scanned().unwrap())
+                    }
+                    None => ResumePoint::After(start),
+                };
+                assert_eq!(point, expected, "seed {seed}");
+                assert_eq!(cursor.in_flight(), in_flight.len());
+                assert_eq!(cursor.awaiting_retry(), awaiting.len());
+                last = point;
+            }
+            assert!(cursor.passed() <= settled);
+        }
+    }
 
     #[test]
     fn begin_refuses_keys_at_or_before_the_scan_position_or_start() {

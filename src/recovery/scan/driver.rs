@@ -10,7 +10,9 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use super::checkpoint::CheckpointWriter;
 use super::control::{
@@ -28,9 +30,11 @@ use crate::status::{
     self, CancellationToken, SyncOutcome, SyncPublisher, SyncReceiver, SyncRegistry,
 };
 use crate::sync::Mutex;
+use crate::trace;
 
 /// The settings of a [`RecoveryScan`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ScanConfig {
     /// Most syncs and re-checks running at once (default 16). Retries count.
     pub concurrency: usize,
@@ -66,6 +70,49 @@ impl Default for ScanConfig {
 }
 
 impl ScanConfig {
+    /// Sets [`concurrency`](Self::concurrency).
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Sets [`checkpoint_every`](Self::checkpoint_every).
+    #[must_use]
+    pub fn with_checkpoint_every(mut self, settled_keys: u64) -> Self {
+        self.checkpoint_every = settled_keys;
+        self
+    }
+
+    /// Sets [`window`](Self::window).
+    #[must_use]
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Sets [`batch_size`](Self::batch_size).
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Sets [`retry`](Self::retry).
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets [`jitter_seed`](Self::jitter_seed) (tests fix it to reproduce
+    /// a run).
+    #[must_use]
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = seed;
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
@@ -275,6 +322,22 @@ where
         RF: Future<Output = Result<Recheck, E>> + Send + 'static,
         E: fmt::Display,
     {
+        trace::instrument!(self.run_inner(scope, sync, recheck), "recovery_scan").await
+    }
+
+    async fn run_inner<J, JF, R, RF, E>(
+        self,
+        scope: ScopeFingerprint,
+        sync: J,
+        recheck: R,
+    ) -> Result<ScanReport<K>, ScanError>
+    where
+        J: Fn(K, CancellationToken) -> JF + Send + Sync + 'static,
+        JF: Future<Output = SyncOutcome> + Send + 'static,
+        R: Fn(K) -> RF + Send + Sync + 'static,
+        RF: Future<Output = Result<Recheck, E>> + Send + 'static,
+        E: fmt::Display,
+    {
         let Self {
             source,
             store,
@@ -367,17 +430,32 @@ where
                 .schedule
                 .next_due()
                 .filter(|_| self.window.running() < self.config.concurrency);
-            let retry_due = async {
-                match next_retry {
-                    Some(due) => self.clock.sleep_until(due).await,
-                    None => std::future::pending().await,
-                }
+            let event = {
+                let retry_due = async {
+                    match next_retry {
+                        Some(due) => self.clock.sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let (mut cancelled, mut next_event, mut retry_due) = (
+                    pin!(cancel.cancelled()),
+                    pin!(self.window.next_event()),
+                    pin!(retry_due),
+                );
+                // Biased, in this order: a cancellation wins over work.
+                std::future::poll_fn(|cx| {
+                    if cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if let Poll::Ready(event) = next_event.as_mut().poll(cx) {
+                        return Poll::Ready(Some(Some(event)));
+                    }
+                    retry_due.as_mut().poll(cx).map(|()| Some(None))
+                })
+                .await
             };
-            let event = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Ok(false),
-                event = self.window.next_event() => Some(event),
-                () = retry_due => None,
+            let Some(event) = event else {
+                return Ok(false);
             };
             if let Some(event) = event {
                 self.handle(writer, event);
@@ -422,6 +500,7 @@ where
         Ok(true)
     }
 
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
     fn handle<S: ProgressStore>(&mut self, writer: &mut CheckpointWriter<K, S>, event: Event<K>) {
         let cursor = &mut writer.cursor;
         let progress = &mut writer.progress;
@@ -443,6 +522,7 @@ where
                     match self.schedule.failed(key.clone(), self.clock.now()) {
                         AfterFailure::GiveUp => writer.give_up(key),
                         AfterFailure::Retry => {
+                            trace::event!(debug, key = ?key, outcome = ?outcome, "recovery scan sync failed; retry scheduled");
                             progress.retries += 1;
                             cursor
                                 .defer(&key)
@@ -466,7 +546,8 @@ where
                         .settle(&key)
                         .expect("a re-checked key awaits its retry");
                 }
-                Err(_) => {
+                Err(error) => {
+                    trace::event!(warn, key = ?key, retry, error = %error, "recovery scan re-check failed");
                     // Unknown is not done: keep the key unfinished and ask
                     // again after the next, longer backoff.
                     progress.recheck_errors += 1;

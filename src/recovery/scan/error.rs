@@ -1,12 +1,11 @@
 //! Errors of the checkpointed recovery scan.
 
-/// A boxed error from a backend (a key source, a progress store).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use crate::BoxError;
 
-/// A [`SettledCursor`](super::SettledCursor) transition that does not apply
+/// A [`SettledCursor`](super::cursor::SettledCursor) transition that does not apply
 /// to the key's current state. The cursor is left unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum CursorError {
+pub(crate) enum CursorError {
     /// `begin` of a key that is not after the last key begun, or that lies
     /// before the cursor's start.
     #[error("keys must be begun in strictly increasing order, at or after the cursor's start")]
@@ -192,6 +191,7 @@ impl ProgressStoreError {
 /// the store is never ahead of unfinished work, so running the scan again
 /// resumes safely.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScanError {
     /// Reading keys from the source failed. Never taken as "no more keys".
     #[error("reading keys from the source failed: {0}")]

@@ -18,19 +18,19 @@ mod sqlite;
 mod window;
 
 pub use control::{FinalCheckpoint, ScanControl, ScanProgress, ScanReport};
-pub use cursor::{KeyState, ResumePoint, SettledCursor};
+pub use cursor::ResumePoint;
 pub use driver::{RecoveryScan, ScanConfig};
-pub use error::{
-    BoxError, CursorError, KeyDecodeError, ProgressStoreError, ScanConfigError, ScanError,
-};
+pub use error::{BoxError, KeyDecodeError, ProgressStoreError, ScanConfigError, ScanError};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PostgresProgressStore, PostgresProgressStoreBuilder};
 pub use progress::{
     Checkpoint, CheckpointWithGivenUp, MemoryProgressStore, ProgressStore, ScanKey,
     ScopeFingerprint,
 };
-pub use retry::{Retry, RetryPolicy, RetryQueue};
+pub use retry::RetryPolicy;
 pub use retry_schedule::Recheck;
 pub use source::KeySource;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteProgressStore;

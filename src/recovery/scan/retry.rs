@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use super::error::ScanConfigError;
+use crate::backoff::Backoff;
 
 /// How a failed or cancelled key is retried.
 ///
@@ -26,6 +27,7 @@ use super::error::ScanConfigError;
 /// assert_eq!(policy.backoff(10), Duration::from_secs(30)); // capped
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// The backoff before the first retry (default 1 s).
     pub initial: Duration,
@@ -55,13 +57,40 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Sets [`initial`](Self::initial), the backoff before the first retry.
+    #[must_use]
+    pub fn with_initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// Sets [`max`](Self::max), the cap on the backoff.
+    #[must_use]
+    pub fn with_max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Sets [`jitter`](Self::jitter), the largest fraction of a backoff
+    /// that jitter removes (`0.0` for exact delays).
+    #[must_use]
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Sets [`max_attempts`](Self::max_attempts): give a key up after this
+    /// many failed attempts (`None`: never).
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: Option<NonZeroU32>) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
     /// The backoff before retry number `retry` (1 for the first), before
     /// jitter: `min(initial × 2^(retry-1), max)`.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let doublings = retry.saturating_sub(1).min(31);
-        self.initial
-            .checked_mul(1 << doublings)
-            .map_or(self.max, |backoff| backoff.min(self.max))
+        Backoff::new(self.initial, 2.0, self.max, 0.0).delay_for(retry)
     }
 
     /// Checks the settings.
@@ -92,13 +121,13 @@ impl RetryPolicy {
 
 /// A key that is due for a retry, from [`RetryQueue::pop_due`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retry<K> {
+pub(crate) struct Retry<K> {
     /// The key.
-    pub key: K,
+    pub(crate) key: K,
     /// Which retry this is: 1 for the first.
-    pub retry: u32,
+    pub(crate) retry: u32,
     /// When it became due.
-    pub due: Instant,
+    pub(crate) due: Instant,
 }
 
 /// Keys waiting for a retry, ordered by when they become due.
@@ -107,28 +136,11 @@ pub struct Retry<K> {
 /// a concurrency cap, is its caller's job ([`RecoveryScan`](super::RecoveryScan)
 /// does both, and re-checks each key before retrying it). Time comes from the
 /// caller, so tests can drive it with a [`ManualClock`](crate::clock::ManualClock).
-///
-/// # Examples
-///
-/// ```
-/// use leasehold::recovery::{RetryPolicy, RetryQueue};
-/// use std::time::{Duration, Instant};
-///
-/// let policy = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
-/// let mut queue = RetryQueue::new(policy, 7).unwrap();
-/// let now = Instant::now();
-/// let due = queue.schedule("blob-3", 2, now);
-/// assert_eq!(due - now, Duration::from_secs(2));
-/// assert!(queue.pop_due(now).is_none());
-/// let retry = queue.pop_due(due).unwrap();
-/// assert_eq!((retry.key, retry.retry), ("blob-3", 2));
-/// ```
 #[derive(Debug, Clone)]
-pub struct RetryQueue<K> {
-    policy: RetryPolicy,
-    /// xorshift64* state for the jitter: deterministic per seed, so tests
-    /// reproduce, and no dependency on a random-number crate.
-    rng: u64,
+pub(crate) struct RetryQueue<K> {
+    /// The policy's backoff, its jitter seeded: deterministic per seed, so
+    /// tests reproduce.
+    backoff: Backoff,
     /// By (due, insertion sequence): equal deadlines pop first-in first-out.
     queue: BTreeMap<(Instant, u64), (K, u32)>,
     sequence: u64,
@@ -140,35 +152,26 @@ impl<K> RetryQueue<K> {
     /// # Errors
     ///
     /// As [`RetryPolicy::validate`].
-    pub fn new(policy: RetryPolicy, seed: u64) -> Result<Self, ScanConfigError> {
+    pub(crate) fn new(policy: RetryPolicy, seed: u64) -> Result<Self, ScanConfigError> {
         policy.validate()?;
         Ok(Self {
-            policy,
-            // xorshift must not start at zero.
-            rng: seed ^ 0x9E37_79B9_7F4A_7C15 | 1,
+            backoff: Backoff::new(policy.initial, 2.0, policy.max, policy.jitter).seeded(seed),
             queue: BTreeMap::new(),
             sequence: 0,
         })
     }
 
-    /// The policy the queue schedules by.
-    pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
-    }
-
     /// Schedules retry number `retry` (1 for the first) of `key`, due after
     /// the policy's jittered backoff from `now`. Returns when it is due.
-    pub fn schedule(&mut self, key: K, retry: u32, now: Instant) -> Instant {
-        let backoff = self.policy.backoff(retry);
-        let cut = backoff.mul_f64(self.policy.jitter * self.next_unit());
-        let due = now + backoff.saturating_sub(cut);
+    pub(crate) fn schedule(&mut self, key: K, retry: u32, now: Instant) -> Instant {
+        let due = now + self.backoff.delay_for(retry);
         self.sequence += 1;
         self.queue.insert((due, self.sequence), (key, retry));
         due
     }
 
     /// Removes and returns the earliest retry due at `now`, if any.
-    pub fn pop_due(&mut self, now: Instant) -> Option<Retry<K>> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Retry<K>> {
         let entry = self.queue.first_entry()?;
         if entry.key().0 > now {
             return None;
@@ -178,27 +181,13 @@ impl<K> RetryQueue<K> {
     }
 
     /// When the earliest retry is due.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.queue.keys().next().map(|(due, _)| *due)
     }
 
-    /// The number of keys waiting.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
     /// Whether no key is waiting.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
-    }
-
-    /// A uniform value in `[0, 1)`.
-    fn next_unit(&mut self) -> f64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let bits = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-        bits as f64 / (1_u64 << 53) as f64
     }
 }
 
