@@ -211,7 +211,9 @@ fn storage(error: rusqlite::Error) -> ChangeLogError {
 /// writing and no other process holds the write lock. Reads (`list`,
 /// `get`, a claim's scan) run on tokio's blocking pool on a second
 /// connection, which never waits for the writer. No call blocks an
-/// executor thread on an fsync or on another process's lock.
+/// executor thread on an fsync or on another process's lock. Dropping the
+/// last clone of a handle lets its writer finish the writes already queued
+/// and close the file, and waits for that.
 ///
 /// # Exclusive claims
 ///
