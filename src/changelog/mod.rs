@@ -723,16 +723,5 @@ impl<L: ChangeLog> ChangeLog for Arc<L> {
     }
 }
 
-/// Column conversions shared by the SQL backends, which store ids and
-/// counters as signed integers. Out of range saturates; values this crate
-/// writes never are.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-/// See [`to_u64`].
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
+use crate::store::{to_i64, to_u64};

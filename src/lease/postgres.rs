@@ -20,6 +20,7 @@ use crate::changelog::staleness::{Observations, Seen};
 use crate::clock::Clock;
 use crate::store::failure::StoreFailure;
 use crate::store::postgres::Connect;
+use crate::store::{to_i64, to_u64};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "postgres";
@@ -29,14 +30,6 @@ const SCHEMA_VERSION: i64 = 1;
 
 fn pg(error: tokio_postgres::Error) -> LeaseTableError {
     LeaseTableError::from_failure(BACKEND, StoreFailure::from(error))
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 /// Configures and opens a [`PostgresLeaseTable`].

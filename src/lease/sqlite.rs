@@ -17,6 +17,7 @@ use crate::changelog::staleness::{Observations, Seen};
 use crate::changelog::{Durability, Payload};
 use crate::clock::Clock;
 use crate::store::sqlite::{self, Schema, Synchronous};
+use crate::store::{to_i64, to_u64};
 use crate::sync::Mutex;
 
 const BACKEND: &str = "sqlite";
@@ -54,15 +55,6 @@ const SCHEMA: Schema = Schema {
 
 fn storage(error: rusqlite::Error) -> LeaseTableError {
     LeaseTableError::from_failure(BACKEND, error.into())
-}
-
-/// Seqnos are stored as SQLite integers (signed 64 bits).
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 /// Configures and opens a [`SqliteLeaseTable`].

@@ -11,3 +11,15 @@ pub(crate) mod failure;
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+
+/// Column conversions shared by the SQL tables, which store ids, counters
+/// and seqnos as signed 64-bit integers. Out of range saturates; values this
+/// crate writes never are.
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// See [`to_u64`].
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
