@@ -711,17 +711,7 @@ impl Tally {
 }
 
 async fn run_demo(args: &Args) -> Result<bool, BoxError> {
-    let temp;
-    let dir = match args.get("dir") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_owned()
-        }
-    };
-    let mut args = args.clone();
-    args.values
-        .insert("dir".to_owned(), dir.to_string_lossy().into_owned());
+    let (args, _, _temp) = args.with_demo_dir()?;
     let args = &args;
     let readers: usize = args.num("readers", 4);
     let seconds: u64 = args.num("seconds", 30);

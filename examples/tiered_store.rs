@@ -1035,17 +1035,7 @@ impl Children {
 }
 
 async fn run_demo(args: &Args) -> Result<bool, BoxError> {
-    let temp;
-    let dir = match args.get("dir") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_owned()
-        }
-    };
-    let mut args = args.clone();
-    args.values
-        .insert("dir".to_owned(), dir.to_string_lossy().into_owned());
+    let (args, dir, _temp) = args.with_demo_dir()?;
     let args = &args;
     let writers: usize = args.num("writers", 3);
     let kills_wanted: u64 = args.num("kills", 20);

@@ -128,6 +128,25 @@ impl Args {
         self.flags.contains(key)
     }
 
+    /// A demo's working directory: `--dir` if given, else a fresh temporary
+    /// directory (removed when the returned guard drops). The returned
+    /// arguments carry it as `dir`, for the child processes.
+    pub fn with_demo_dir(
+        &self,
+    ) -> std::io::Result<(Args, std::path::PathBuf, Option<tempfile::TempDir>)> {
+        let (dir, temp) = match self.get("dir") {
+            Some(dir) => (std::path::PathBuf::from(dir), None),
+            None => {
+                let temp = tempfile::tempdir()?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        let mut args = self.clone();
+        args.values
+            .insert("dir".to_owned(), dir.to_string_lossy().into_owned());
+        Ok((args, dir, temp))
+    }
+
     /// The number given with `--key`, or `default`. The parser has checked
     /// that it is an integer; one out of `T`'s range ends the process with
     /// status 2.
