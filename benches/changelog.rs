@@ -217,29 +217,52 @@ fn concurrent_pairs(
     })
 }
 
+/// One contender of a group-commit bench.
+struct Contender {
+    name: &'static str,
+    pair: Pair,
+    /// Measured at W = 1 only: a serial limit, the same at every W.
+    serial: bool,
+}
+
+impl Contender {
+    fn new(name: &'static str, pair: Pair) -> Self {
+        Contender {
+            name,
+            pair,
+            serial: false,
+        }
+    }
+
+    fn serial(name: &'static str, pair: Pair) -> Self {
+        Contender {
+            name,
+            pair,
+            serial: true,
+        }
+    }
+}
+
+/// Measures every contender at every W in [`WRITERS`]: the contenders of
+/// one W one right after the other, so that the machine's drift over a run
+/// (load, disk) falls on all of them alike instead of on whichever is
+/// measured last.
 fn bench_pairs(
     c: &mut Criterion,
     rt: &tokio::runtime::Runtime,
     group: &str,
-    name: &str,
-    pair: &Pair,
-) {
-    bench_pairs_at(c, rt, group, name, pair, &WRITERS);
-}
-
-fn bench_pairs_at(
-    c: &mut Criterion,
-    rt: &tokio::runtime::Runtime,
-    group: &str,
-    name: &str,
-    pair: &Pair,
-    writer_counts: &[usize],
+    contenders: &[Contender],
 ) {
     let mut g = c.benchmark_group(group);
-    for &writers in writer_counts {
-        g.bench_function(BenchmarkId::new(name, writers), |b| {
-            b.iter_custom(|iters| concurrent_pairs(rt, iters, writers, pair));
-        });
+    for writers in WRITERS {
+        for contender in contenders {
+            if contender.serial && writers != 1 {
+                continue;
+            }
+            g.bench_function(BenchmarkId::new(contender.name, writers), |b| {
+                b.iter_custom(|iters| concurrent_pairs(rt, iters, writers, &contender.pair));
+            });
+        }
     }
     g.finish();
 }
@@ -375,32 +398,31 @@ fn bench_group_commit_sqlite(
     clock: &ManualClock,
 ) {
     let full = sqlite(dir, "gc-full.db", Durability::PowerLoss, clock);
-    let group = "group_commit_power_loss";
-    bench_pairs(c, rt, group, "leasehold", &leasehold_pair(&full));
-    let conn = hand_written(dir, "gc-mutex-full.db", Durability::PowerLoss);
+    let mutex = hand_written(dir, "gc-mutex-full.db", Durability::PowerLoss);
     bench_pairs(
         c,
         rt,
-        group,
-        "mutex_connection",
-        &mutex_connection_pair(conn),
+        "group_commit_power_loss",
+        &[
+            Contender::new("leasehold", leasehold_pair(&full)),
+            Contender::new("mutex_connection", mutex_connection_pair(mutex)),
+            Contender::serial("fsync_loop", fsync_pair(dir)),
+        ],
     );
-    // Serial: the same at every W.
-    bench_pairs_at(c, rt, group, "fsync_loop", &fsync_pair(dir), &[1]);
 
     let normal = sqlite(dir, "gc-normal.db", Durability::ProcessCrash, clock);
-    let group = "group_commit_process_crash";
-    bench_pairs(c, rt, group, "leasehold", &leasehold_pair(&normal));
-    let conn = hand_written(dir, "gc-mutex-normal.db", Durability::ProcessCrash);
+    let mutex = hand_written(dir, "gc-mutex-normal.db", Durability::ProcessCrash);
+    let direct = hand_written(dir, "gc-direct-normal.db", Durability::ProcessCrash);
     bench_pairs(
         c,
         rt,
-        group,
-        "mutex_connection",
-        &mutex_connection_pair(conn),
+        "group_commit_process_crash",
+        &[
+            Contender::new("leasehold", leasehold_pair(&normal)),
+            Contender::new("direct", direct_pair(direct)),
+            Contender::new("mutex_connection", mutex_connection_pair(mutex)),
+        ],
     );
-    let conn = hand_written(dir, "gc-direct-normal.db", Durability::ProcessCrash);
-    bench_pairs(c, rt, group, "direct", &direct_pair(conn));
 }
 
 /// Prints one group-commit table: pairs/s per contender and W, and each
@@ -556,7 +578,6 @@ fn bench_group_commit_postgres(
     let group = "group_commit_postgres";
     let log = pg.log(rt, "gc", clock);
     let pool_size = log.pool_size();
-    bench_pairs(c, rt, group, "leasehold", &leasehold_pair(&log));
     let small = rt
         .block_on(
             leasehold::changelog::PostgresChangeLog::builder(&pg.url)
@@ -567,7 +588,6 @@ fn bench_group_commit_postgres(
                 .open(),
         )
         .unwrap();
-    bench_pairs(c, rt, group, "leasehold_pool_4", &leasehold_pair(&small));
 
     let table = format!("\"{}_gc\".intents", pg.schema);
     let config: leasehold::tokio_postgres::Config = pg.url.parse().unwrap();
@@ -620,7 +640,16 @@ fn bench_group_commit_postgres(
                 .unwrap();
         })
     });
-    bench_pairs(c, rt, group, "deadpool", &by_hand);
+    bench_pairs(
+        c,
+        rt,
+        group,
+        &[
+            Contender::new("leasehold", leasehold_pair(&log)),
+            Contender::new("deadpool", by_hand),
+            Contender::new("leasehold_pool_4", leasehold_pair(&small)),
+        ],
+    );
     pool_size
 }
 
