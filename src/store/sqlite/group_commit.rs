@@ -23,7 +23,9 @@
 //! does not even take the hops: if nothing is queued and the connection is
 //! free, the caller runs it inline (tens of microseconds), without waiting
 //! for another process's write lock (it hands the operation to the writer
-//! instead) and without running WAL checkpoints (the writer does those).
+//! instead) and without running WAL checkpoints (the writer does those, once
+//! the WAL holds [`CHECKPOINT_FRAMES`] frames, as SQLite's automatic
+//! checkpoint would).
 //!
 //! # What a batch keeps
 //!
@@ -41,10 +43,10 @@
 //!   succeeded gets the error ([`Outcome::NotCommitted`]).
 
 use std::any::Any;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -55,12 +57,34 @@ use tokio::sync::oneshot;
 /// one of a large queue pays.
 const MAX_BATCH: usize = 1024;
 
-/// How much the writer lets the WAL grow between checkpoints, in writes: a
-/// commit counts 1, plus 1 per 4 operations of its batch (operations of a
-/// batch share pages). About SQLite's own automatic checkpoint, every 1,000
-/// pages, which is turned off on the write connection so that an inline
-/// operation never pays for a checkpoint.
-const CHECKPOINT_EVERY: u32 = 1000;
+/// How large the WAL may grow, in frames (pages), before the writer
+/// checkpoints it: SQLite's own automatic checkpoint, which is turned off on
+/// the write connection so that an inline operation never pays for a
+/// checkpoint. Keep the WAL short: appending a frame to the WAL index probes
+/// past every earlier frame of the same page, so a log that rewrites the
+/// same few pages pays per commit in proportion to the WAL's length.
+const CHECKPOINT_FRAMES: i32 = 1000;
+
+thread_local! {
+    /// The WAL's size in frames after the last commit on this thread, set
+    /// by [`note_wal_size`] (SQLite calls its WAL hook on the thread that
+    /// committed, before the commit returns).
+    static WAL_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// The write connection's WAL hook: notes the WAL's size for the thread
+/// that just committed.
+fn note_wal_size(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames);
+    Ok(())
+}
+
+/// Commits `tx`, answering whether the WAL is now due for a checkpoint.
+fn commit(tx: Transaction<'_>) -> (rusqlite::Result<()>, bool) {
+    WAL_FRAMES.set(0);
+    let committed = tx.commit();
+    (committed, WAL_FRAMES.get() >= CHECKPOINT_FRAMES)
+}
 
 /// The longest the writer waits for the callers of its last batch to come
 /// back before it starts the next (see the module documentation).
@@ -99,8 +123,6 @@ struct Inner {
     /// Whether a lone operation may run on the caller's thread.
     inline: bool,
     busy_timeout: Duration,
-    /// Writes since the last WAL checkpoint (see [`CHECKPOINT_EVERY`]).
-    commits: AtomicU32,
 }
 
 #[derive(Default)]
@@ -110,7 +132,7 @@ struct Queue {
     closed: bool,
     /// The writer thread has exited (or never started): refuse new jobs.
     dead: bool,
-    /// An inline commit crossed the checkpoint threshold.
+    /// An inline commit left the WAL at [`CHECKPOINT_FRAMES`] or more.
     checkpoint_due: bool,
     /// While the writer gathers a batch: how many jobs it waits for (a
     /// caller whose job reaches that count wakes it). 0: not gathering.
@@ -127,15 +149,16 @@ impl GroupCommit {
         inline: bool,
         name: &str,
     ) -> std::io::Result<Self> {
-        // The writer checkpoints; the inline path must never.
+        // The writer checkpoints; the inline path must never. (The pragma
+        // would replace the hook: it comes first.)
         let _ = conn.execute_batch("PRAGMA wal_autocheckpoint = 0");
+        conn.wal_hook(Some(note_wal_size));
         let inner = Arc::new(Inner {
             conn: Mutex::new(conn),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             inline,
             busy_timeout,
-            commits: AtomicU32::new(0),
         });
         let serving = Arc::clone(&inner);
         let writer = std::thread::Builder::new()
@@ -221,8 +244,7 @@ impl Inner {
         let Ok(tx) = begun else {
             return Err(job);
         };
-        run_transaction(tx, &mut std::iter::once(job).peekable(), true);
-        if self.commits.fetch_add(1, Ordering::Relaxed) + 1 >= CHECKPOINT_EVERY {
+        if run_transaction(tx, &mut std::iter::once(job).peekable(), true) {
             self.queue.lock().checkpoint_due = true;
             self.wake.notify_one();
         }
@@ -278,14 +300,13 @@ impl Inner {
             let conn = self.conn.lock();
             let started = std::time::Instant::now();
             last_batch = batch.len();
+            let mut checkpoint = checkpoint;
             let mut jobs = batch.into_iter().peekable();
             while jobs.peek().is_some() {
                 match Transaction::new_unchecked(&conn, TransactionBehavior::Immediate) {
                     Ok(tx) => {
-                        let ops = jobs.len();
-                        run_transaction(tx, &mut jobs, ops == 1);
-                        let weight = 1 + (ops - jobs.len()) / 4;
-                        self.commits.fetch_add(weight as u32, Ordering::Relaxed);
+                        let single = jobs.len() == 1;
+                        checkpoint |= run_transaction(tx, &mut jobs, single);
                     }
                     Err(error) => {
                         for job in jobs.by_ref() {
@@ -295,8 +316,7 @@ impl Inner {
                 }
             }
             last_commit = started.elapsed();
-            if checkpoint || self.commits.load(Ordering::Relaxed) >= CHECKPOINT_EVERY {
-                self.commits.store(0, Ordering::Relaxed);
+            if checkpoint {
                 // PASSIVE: never waits for readers or writers; a checkpoint
                 // that cannot finish now is retried after later commits.
                 let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
@@ -308,37 +328,37 @@ impl Inner {
 /// Runs jobs from `jobs` in `tx` and commits; answers each. Stops early,
 /// leaving the rest in `jobs`, if SQLite rolled the transaction back on its
 /// own. `single`: `jobs` holds exactly one job, which then needs no
-/// savepoint of its own.
+/// savepoint of its own. Returns whether the WAL is due for a checkpoint.
 fn run_transaction(
     tx: Transaction<'_>,
     jobs: &mut std::iter::Peekable<impl ExactSizeIterator<Item = Box<dyn Job>>>,
     single: bool,
-) {
-    let mut ran: Vec<Box<dyn Answer>> = Vec::with_capacity(jobs.len());
+) -> bool {
     if single {
         let job = jobs.next().expect("one job");
         let (ok, answer) = job.run(&tx);
-        if ok {
-            let committed = tx.commit();
-            answer.send(committed.as_ref().map(|_| ()));
-        } else {
+        if !ok {
             drop(tx); // rolls back
             answer.send(Ok(()));
+            return false;
         }
-        return;
+        let (committed, checkpoint) = commit(tx);
+        answer.send(committed.as_ref().map(|_| ()));
+        return checkpoint;
     }
+    let mut ran: Vec<Box<dyn Answer>> = Vec::with_capacity(jobs.len());
     for job in jobs.by_ref() {
         if let Err(error) = savepoint(&tx, "SAVEPOINT leasehold_op") {
             job.not_run(duplicate(&error));
             abandon(tx, ran, &error);
-            return;
+            return false;
         }
         let (ok, answer) = job.run(&tx);
         ran.push(answer);
         if tx.is_autocommit() {
             // An I/O error, a full disk: SQLite rolled everything back.
             abandon(tx, ran, &aborted());
-            return;
+            return false;
         }
         let end = if ok {
             savepoint(&tx, "RELEASE leasehold_op")
@@ -348,13 +368,14 @@ fn run_transaction(
         };
         if let Err(error) = end {
             abandon(tx, ran, &error);
-            return;
+            return false;
         }
     }
-    let committed = tx.commit();
+    let (committed, checkpoint) = commit(tx);
     for answer in ran {
         answer.send(committed.as_ref().map(|_| ()));
     }
+    checkpoint
 }
 
 /// Rolls `tx` back and tells every job that ran in it.
