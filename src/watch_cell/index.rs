@@ -35,20 +35,21 @@
 //! output are owned `K: 'static`, and the key function belongs to the index,
 //! not to the node.
 
+mod queue;
+
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::marker::{PhantomData, PhantomPinned};
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::{Pin, pin};
-use std::ptr::NonNull;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use super::waiter::{CLOSED, IDLE, SATISFIED, Unparker, WAITING, WakeList};
+use super::waiter::{IDLE, Unparker, WAITING, WakeList};
 use super::{Closed, State, WaitTimeoutError, WatchCell, deadline_after};
-use crate::sync::{self, AtomicU8, Ordering, UnsafeCell};
+use crate::sync;
+use queue::{Core, ErasedCore, IndexWaiter, core_of};
 
 /// A key extracted from a [`WatchCell`]'s value, with waits for "the key has
 /// reached `k`" that cost O(log N) per modification, however many wait.
@@ -182,11 +183,7 @@ impl<T> WatchCell<T> {
     {
         let mut key = key;
         let slot = Slot {
-            core: Box::new(Core::<K> {
-                waiters: BTreeMap::new(),
-                next_seq: 0,
-                current: None,
-            }),
+            core: Box::new(Core::<K>::new()),
             // Stores the key into the core: only this closure knows `T` and
             // `K` together, and it needs no `T: 'static`.
             evaluate: Box::new(move |value: &T, core: &mut dyn Any| {
@@ -408,7 +405,7 @@ where
         }
         let core = core_of::<K>(slot.core.as_mut());
         let key = core.current.take().expect("evaluated just now");
-        if key >= node.threshold {
+        if key >= *node.threshold() {
             return (Check::Done(Ok(key)), Some(unparker));
         }
         drop(key);
@@ -623,212 +620,6 @@ impl<T, K: Ord + Clone + Send + 'static> Drop for IndexWait<'_, T, K> {
             self.index.unregister(&self.node);
         }
     }
-}
-
-// ----------------------------------------------------------- the nodes ---
-
-/// A threshold waiter, pinned in its owner. The fields a completing
-/// modifier writes and the owner then reads (state, output, unparker) come
-/// first, so that for small keys they share a cache line. (Aligning the
-/// node to a cache line measured no faster, and made every task that holds
-/// one an over-aligned allocation.)
-#[repr(C)]
-pub(super) struct IndexWaiter<K> {
-    /// `IDLE`, `WAITING`, `SATISFIED` or `CLOSED` (invariant 1).
-    state: AtomicU8,
-    /// Written by the completing modifier before its `Release` store.
-    output: UnsafeCell<Option<K>>,
-    /// Guarded by the lock while `WAITING`.
-    unparker: UnsafeCell<Option<Unparker>>,
-    /// Registration number, the tie-break in the map; guarded by the lock.
-    seq: UnsafeCell<u64>,
-    threshold: K,
-    _pinned: PhantomPinned,
-}
-
-impl<K> IndexWaiter<K> {
-    fn new(threshold: K) -> Self {
-        Self {
-            state: AtomicU8::new(IDLE),
-            output: UnsafeCell::new(None),
-            unparker: UnsafeCell::new(None),
-            seq: UnsafeCell::new(0),
-            threshold,
-            _pinned: PhantomPinned,
-        }
-    }
-
-    /// Loads the state with `Acquire` (invariant 3).
-    #[inline]
-    fn state(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
-    }
-
-    /// The result of a completed node.
-    fn completion(&self) -> Result<K, Closed> {
-        match self.state() {
-            // SAFETY: a non-`WAITING` state was loaded with `Acquire`; the
-            // completing modifier's store was its last access (invariant 3).
-            SATISFIED => Ok(self
-                .output
-                .with_mut(|o| unsafe { (*o).take() })
-                .expect("a satisfied index waiter holds its key")),
-            CLOSED => Err(Closed),
-            state => unreachable!("index waiter completed in state {state}"),
-        }
-    }
-
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock and the node is `WAITING`.
-    unsafe fn will_wake(&self, waker: &Waker) -> bool {
-        self.unparker.with(|u| {
-            // SAFETY: guarded by the lock per the contract.
-            matches!(unsafe { &*u }, Some(Unparker::Task(current)) if current.will_wake(waker))
-        })
-    }
-
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock and the node is `WAITING`.
-    unsafe fn replace_unparker(&self, unparker: Unparker) -> Option<Unparker> {
-        // SAFETY: guarded by the lock per the contract.
-        self.unparker
-            .with_mut(|u| unsafe { (*u).replace(unparker) })
-    }
-}
-
-/// The waiters of one index, by `(threshold, registration number)`.
-/// Accessed only under the cell's lock.
-struct Core<K> {
-    waiters: BTreeMap<(K, u64), NonNull<IndexWaiter<K>>>,
-    next_seq: u64,
-    /// The key just evaluated by the slot's `evaluate`, taken at once.
-    current: Option<K>,
-}
-
-// SAFETY: the core is reachable only through the cell's mutex. Its pointers
-// lead to nodes whose data (`K`, an unparker) is `Send`; a modifier on
-// another thread writes a `K` into them and moves their unparker out, which
-// is what `Send` permits.
-unsafe impl<K: Send> Send for Core<K> {}
-
-impl<K: Ord + Clone> Core<K> {
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock; `node` is pinned and `IDLE`, and
-    /// stays alive until removed from the map (invariant 2).
-    unsafe fn insert(&mut self, node: &IndexWaiter<K>, unparker: Unparker) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        // SAFETY: guarded by the lock; the node is not yet shared.
-        node.seq.with_mut(|s| unsafe { *s = seq });
-        node.unparker.with_mut(|u| unsafe { *u = Some(unparker) });
-        node.state.store(WAITING, Ordering::Relaxed);
-        self.waiters
-            .insert((node.threshold.clone(), seq), NonNull::from(node));
-    }
-
-    /// Removes a `WAITING` node on its owner's behalf; returns its unparker.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock and `node` is `WAITING` in this map.
-    unsafe fn remove(&mut self, node: &IndexWaiter<K>) -> Option<Unparker> {
-        // SAFETY: guarded by the lock.
-        let seq = node.seq.with(|s| unsafe { *s });
-        let removed = self.waiters.remove(&(node.threshold.clone(), seq));
-        debug_assert!(removed.is_some(), "a waiting node is in its index");
-        node.state.store(IDLE, Ordering::Relaxed);
-        // SAFETY: guarded by the lock; the node is no longer registered.
-        node.unparker.with_mut(|u| unsafe { (*u).take() })
-    }
-
-    /// Completes `node`, which the caller took out of the map.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock, and `node` was registered until the
-    /// caller removed it from the map.
-    #[inline]
-    unsafe fn complete(
-        node: NonNull<IndexWaiter<K>>,
-        state: u8,
-        output: Option<K>,
-        wakes: &mut WakeList,
-    ) {
-        // SAFETY: the node is alive: its owner cannot free it before
-        // observing the store below, which is our last access (invariant 3).
-        let node = unsafe { node.as_ref() };
-        // SAFETY: guarded by the lock; published by the `Release` store.
-        node.output.with_mut(|o| unsafe { *o = output });
-        if let Some(unparker) = node.unparker.with_mut(|u| unsafe { (*u).take() }) {
-            wakes.push(unparker);
-        }
-        node.state.store(state, Ordering::Release);
-    }
-}
-
-/// The `K`-typed operations the cell runs on an index without knowing `K`.
-pub(super) trait ErasedCore: Send {
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    fn len(&self) -> usize;
-    /// Completes every waiter whose threshold the key just evaluated (left
-    /// in `current`) has reached.
-    fn complete_reached(&mut self, wakes: &mut WakeList);
-    /// Completes every waiter with `Closed`.
-    fn close_all(&mut self, wakes: &mut WakeList);
-}
-
-impl<K: Ord + Clone + Send + 'static> ErasedCore for Core<K> {
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn len(&self) -> usize {
-        self.waiters.len()
-    }
-
-    fn complete_reached(&mut self, wakes: &mut WakeList) {
-        let key = self.current.take().expect("evaluated just now");
-        // O(log N) when nobody is satisfied: the usual case.
-        match self.waiters.first_key_value() {
-            Some(((lowest, _), _)) if *lowest <= key => {}
-            _ => return,
-        }
-        let reached = match self.waiters.last_key_value() {
-            // Everyone: take the whole map.
-            Some(((highest, _), _)) if *highest <= key => std::mem::take(&mut self.waiters),
-            _ => {
-                // Registration numbers stay below `u64::MAX`, so every entry
-                // with threshold `key` sorts before this bound.
-                let above = self.waiters.split_off(&(key.clone(), u64::MAX));
-                std::mem::replace(&mut self.waiters, above)
-            }
-        };
-        wakes.reserve(reached.len());
-        for node in reached.values() {
-            // SAFETY: `&mut self` means the caller holds the lock; the node
-            // was registered until it left the map just now.
-            unsafe { Self::complete(*node, SATISFIED, Some(key.clone()), wakes) };
-        }
-        drop(reached);
-    }
-
-    fn close_all(&mut self, wakes: &mut WakeList) {
-        let all = std::mem::take(&mut self.waiters);
-        wakes.reserve(all.len());
-        for node in all.into_values() {
-            // SAFETY: as in `complete_reached`.
-            unsafe { Self::complete(node, CLOSED, None, wakes) };
-        }
-    }
-}
-
-fn core_of<K: 'static>(core: &mut dyn ErasedCore) -> &mut Core<K> {
-    core.as_any_mut()
-        .downcast_mut::<Core<K>>()
-        .expect("an index's core has its handle's key type")
 }
 
 /// One index of a cell: its waiters, and the key function that evaluates
