@@ -190,6 +190,53 @@ fn cancelling_some_waits_leaves_the_others_and_their_order_intact() {
     assert_eq!(cell.stats().wakeups, kept as u64);
 }
 
+/// Wakes by pushing its id to a shared log.
+struct LoggingWaker {
+    id: usize,
+    log: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl std::task::Wake for LoggingWaker {
+    fn wake(self: Arc<Self>) {
+        self.log.lock().unwrap().push(self.id);
+    }
+}
+
+#[test]
+fn waits_of_one_threshold_are_woken_oldest_first_whichever_were_cancelled() {
+    let cell = WatchCell::new(0_u64);
+    let seqno = cell.index(|v: &u64| *v);
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waits: Vec<Option<Pin<Box<_>>>> = Vec::new();
+    for id in 0..8 {
+        let waker = Waker::from(Arc::new(LoggingWaker {
+            id,
+            log: Arc::clone(&log),
+        }));
+        let mut wait = Box::pin(seqno.wait_at_least(3));
+        assert!(poll(wait.as_mut(), &waker).is_pending());
+        waits.push(Some(wait));
+    }
+    // Cancel the head, a middle one, the tail, then the new head.
+    for id in [0, 4, 7, 1] {
+        waits[id] = None;
+    }
+    assert_eq!(seqno.waiting(), 4);
+    // Another threshold below, reached by the same modification.
+    let waker = Waker::from(Arc::new(LoggingWaker {
+        id: 100,
+        log: Arc::clone(&log),
+    }));
+    let mut lower = Box::pin(seqno.wait_at_least(2));
+    assert!(poll(lower.as_mut(), &waker).is_pending());
+    cell.modify(|v| *v = 3);
+    assert_eq!(*log.lock().unwrap(), [100, 2, 3, 5, 6]);
+    assert_eq!(seqno.waiting(), 0);
+    for wait in waits.iter_mut().flatten() {
+        assert_eq!(poll(wait.as_mut(), Waker::noop()), Poll::Ready(Ok(3)));
+    }
+}
+
 #[test]
 fn key_that_goes_down_leaves_waits_waiting_and_a_later_rise_wakes_them() {
     let cell = WatchCell::new(5_i64);

@@ -4,36 +4,49 @@
 //!
 //! # How it works
 //!
-//! Each index keeps its waiters in a `BTreeMap` ordered by `(threshold,
-//! registration number)`. A notifying modification evaluates the index's key
-//! function once, on the new value, and completes the prefix of the map whose
-//! threshold the key has reached: a lookup of the first entry when nobody is
-//! satisfied, a split of the map otherwise. Registration and removal are
-//! O(log N). The nodes are pinned in their owner's frame, exactly like the
+//! Each index keeps its waiters in a `BTreeMap` from threshold to a FIFO
+//! list of the waiters of that threshold, linked through the nodes
+//! themselves (`queue.rs`). A notifying modification evaluates the index's
+//! key function once, on the new value, and completes every list whose
+//! threshold the key has reached: a lookup of the first entry when nobody
+//! is satisfied, a split of the map otherwise, then a walk down each list
+//! taken. Registration and cancellation find the threshold's list in
+//! O(log T), for T distinct thresholds, and link or unlink the node in
+//! O(1). The nodes are pinned in their owner's frame, exactly like the
 //! predicate waiters of `waiter.rs`, and obey the same invariants (numbered
 //! as there):
 //!
-//! 1. A node is in its index's map iff its `state` is `WAITING`; both change
-//!    only under the cell's lock.
-//! 2. The map holds a node's pointer only while the node is registered: the
-//!    owner removes it (under the lock) before the node is dropped, unless a
-//!    modifier or `close` completed it first.
-//! 3. A modifier that completes a node removes it from the map, takes its
+//! 1. A node is in its threshold's list (and that list in the map) iff its
+//!    `state` is `WAITING`; both change only under the cell's lock. Its
+//!    links (`prev`, `next`), and the lists' head and tail, are read and
+//!    written only under the lock.
+//! 2. A list holds a node only while the node is registered: the owner
+//!    unlinks it (under the lock) before the node is dropped, unless a
+//!    modifier or `close` completed it first. A list is never empty: the
+//!    owner that unlinks the last node removes the list from the map.
+//! 3. A modifier completes whole lists only: it takes a list out of the
+//!    map, and for each node in turn reads its `next` link, takes its
 //!    unparker, writes its output, and only then stores the new state with
 //!    `Release`: its last access. An owner that loads a non-`WAITING` state
-//!    with `Acquire` reads the output and frees the node without locking.
-//! 4. Registration evaluates the key and inserts the node in one critical
+//!    with `Acquire` reads the output and frees the node without locking;
+//!    no one follows a link to it any more, since its whole list left the
+//!    map and its predecessors were completed before it.
+//! 4. Registration evaluates the key and links the node in one critical
 //!    section; every notifying modification evaluates the key of every index
 //!    that has waiters in its own: no wake-up is lost, and every registered
 //!    threshold is above the key of the current value.
 //! 5. No waker is cloned, woken or dropped under the lock.
 //!
-//! A leaked future leaves its node in the map for good: the node's memory
-//! stays valid (it is pinned and never freed), and it is reached only through
-//! the map, by a modifier that completes it (writing its output and taking
-//! its waker) or by `close`. Nothing it holds borrows: the threshold and the
-//! output are owned `K: 'static`, and the key function belongs to the index,
-//! not to the node.
+//! A leaked future leaves its node linked for good: the node's memory
+//! stays valid (it is pinned and never freed), and it is reached only
+//! through its list, under the lock: by an owner unlinking a neighbour
+//! (which rewrites the leaked node's links and nothing else), by a
+//! registration appending after it (the same), or by a modifier that
+//! completes its list or by `close` (writing its output and taking its
+//! waker). Nothing it holds borrows: the threshold and the output are owned
+//! `K: 'static`, and the key function belongs to the index, not to the
+//! node. When the index itself is dropped, its map is dropped with the
+//! lists in it: they hold only pointers, so no node is touched.
 
 mod queue;
 
@@ -75,7 +88,7 @@ use queue::{Core, ErasedCore, IndexWaiter, core_of};
 /// |---|---|---|
 /// | modification, nobody satisfied | N predicate calls | 1 key call + O(log N) |
 /// | modification, k satisfied | N predicate calls | 1 key call + O(log N + k) |
-/// | registration, cancellation | O(1) | O(log N) |
+/// | registration, cancellation | O(1) | O(log N), O(1) among equal thresholds |
 /// | condition | anything | `key(value) >= k` |
 ///
 /// # Keys that go down
