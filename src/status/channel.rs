@@ -281,9 +281,6 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send + 'static,
     {
-        if let Some(outcome) = self.channel.outcome.get(O::clone) {
-            return outcome;
-        }
         self.channel
             .done
             .wait_at_least(true)

@@ -584,7 +584,15 @@ impl<T, K: Ord + Clone + Send + 'static> Future for IndexWait<'_, T, K> {
     type Output = Result<K, Closed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let budget = ready!(sync::poll_proceed(cx));
+        // An always-ready wait in a loop must still let the scheduler run
+        // other tasks: a first poll spends tokio's task budget, yielding
+        // when it is spent. A registered wait has returned `Pending` once
+        // already, so its later polls need not (that saves a thread-local
+        // round trip on every wake-up).
+        let budget = match self.phase {
+            Phase::Init => Some(ready!(sync::poll_proceed(cx))),
+            Phase::Registered | Phase::Done => None,
+        };
         // SAFETY: `node` is never moved out of the pinned future.
         let this = unsafe { self.get_unchecked_mut() };
         let result = match this.phase {
@@ -622,7 +630,9 @@ impl<T, K: Ord + Clone + Send + 'static> Future for IndexWait<'_, T, K> {
             Phase::Done => panic!("`WatchIndex` wait future polled after completion"),
         };
         this.phase = Phase::Done;
-        budget.made_progress();
+        if let Some(budget) = budget {
+            budget.made_progress();
+        }
         Poll::Ready(result)
     }
 }
