@@ -172,9 +172,11 @@ pub(super) fn unpublished<O: Outcome>() -> O {
 
 impl<O: Outcome + fmt::Debug> fmt::Debug for SyncPublisher<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SyncPublisher")
-            .field("published", &self.channel.is_none())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("SyncPublisher");
+        if let Some(channel) = &self.channel {
+            d.field("status", &channel.outcome);
+        }
+        d.finish_non_exhaustive()
     }
 }
 
