@@ -391,6 +391,54 @@ fn key_panicking_on_the_modifiers_thread_resumes_there_after_notifying_the_other
     assert_eq!(poll(index_wait.as_mut(), &index_waker), Poll::Ready(Ok(14)));
 }
 
+/// Whether cloning a [`Touchy`] key panics.
+static TOUCHY_CLONE_PANICS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A key whose `Clone` panics on demand.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Touchy(u64);
+
+impl Clone for Touchy {
+    fn clone(&self) -> Self {
+        assert!(
+            !TOUCHY_CLONE_PANICS.load(Ordering::SeqCst),
+            "the key's clone panicked"
+        );
+        Touchy(self.0)
+    }
+}
+
+#[test]
+fn key_clone_panicking_on_the_modifiers_thread_leaves_the_waits_not_completed_registered() {
+    let cell = WatchCell::new(0_u64);
+    let index = cell.index(|v: &u64| Touchy(*v));
+    let noop = Waker::noop();
+    let mut waits: Vec<_> = (0..3)
+        .map(|_| Box::pin(index.wait_at_least(Touchy(1))))
+        .collect();
+    for wait in &mut waits {
+        assert!(poll(wait.as_mut(), noop).is_pending());
+    }
+    TOUCHY_CLONE_PANICS.store(true, Ordering::SeqCst);
+    let modified = catch_unwind(AssertUnwindSafe(|| cell.modify(|v| *v = 1)));
+    TOUCHY_CLONE_PANICS.store(false, Ordering::SeqCst);
+    assert!(
+        modified.is_err(),
+        "the clone's panic resumes in the modifier"
+    );
+    assert_eq!(index.waiting(), 3);
+    // The list is still well formed: a cancellation in its middle, then a
+    // modification, complete the others.
+    drop(waits.remove(1));
+    assert_eq!(index.waiting(), 2);
+    cell.modify(|v| *v = 2);
+    assert_eq!(index.waiting(), 0);
+    for wait in &mut waits {
+        assert_eq!(poll(wait.as_mut(), noop), Poll::Ready(Ok(Touchy(2))));
+    }
+}
+
 #[test]
 fn key_panicking_when_a_wait_checks_it_resumes_in_that_wait() {
     let cell = WatchCell::new(13_u64);

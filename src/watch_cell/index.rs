@@ -8,9 +8,8 @@
 //! list of the waiters of that threshold, linked through the nodes
 //! themselves (`queue.rs`). A notifying modification evaluates the index's
 //! key function once, on the new value, and completes every list whose
-//! threshold the key has reached: a lookup of the first entry when nobody
-//! is satisfied, a split of the map otherwise, then a walk down each list
-//! taken. Registration and cancellation find the threshold's list in
+//! threshold the key has reached, lowest first: a look at the first entry
+//! when nobody is satisfied, a walk down each reached list otherwise. Registration and cancellation find the threshold's list in
 //! O(log T), for T distinct thresholds, and link or unlink the node in
 //! O(1). The nodes are pinned in their owner's frame, exactly like the
 //! predicate waiters of `waiter.rs`, and obey the same invariants (numbered
@@ -24,13 +23,14 @@
 //!    unlinks it (under the lock) before the node is dropped, unless a
 //!    modifier or `close` completed it first. A list is never empty: the
 //!    owner that unlinks the last node removes the list from the map.
-//! 3. A modifier completes whole lists only: it takes a list out of the
-//!    map, and for each node in turn reads its `next` link, takes its
-//!    unparker, writes its output, and only then stores the new state with
-//!    `Release`: its last access. An owner that loads a non-`WAITING` state
-//!    with `Acquire` reads the output and frees the node without locking;
-//!    no one follows a link to it any more, since its whole list left the
-//!    map and its predecessors were completed before it.
+//! 3. A modifier completes a list from its head, keeping it well formed:
+//!    for each node it reads its `next` link, writes its output, takes its
+//!    unparker, makes `next` the head, and only then stores the new state
+//!    with `Release`: its last access. An owner that loads a non-`WAITING`
+//!    state with `Acquire` reads the output and frees the node without
+//!    locking; nothing leads to the node any more. The emptied list leaves
+//!    the map. A panic in `K`'s `Clone` (the output) or `Ord` stops the walk
+//!    between two nodes, with the rest still registered.
 //! 4. Registration evaluates the key and links the node in one critical
 //!    section; every notifying modification evaluates the key of every index
 //!    that has waiters in its own: no wake-up is lost, and every registered
@@ -113,7 +113,8 @@ use queue::{Core, ErasedCore, IndexWaiter, core_of};
 /// panics on a modifier's thread, the other waiters of that modification are
 /// still notified, the index's waiters keep waiting, and the panic resumes in
 /// the modifier once the lock is released; if it panics while a wait checks
-/// it, the panic resumes in that wait.
+/// it, the panic resumes in that wait. `K`'s `Ord` must not panic while a
+/// wait is cancelled: the wait could not be unlinked, so the process aborts.
 ///
 /// # Examples
 ///

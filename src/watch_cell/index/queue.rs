@@ -238,14 +238,20 @@ impl<K: Ord + Clone> Core<K> {
                     next.as_ref().set_prev(Some(prev));
                 }
                 (None, None) => {
-                    let removed = self.waiters.remove(&node.threshold);
+                    let unwinding = AbortOnUnwind;
+                    let removed = self.waiters.remove_entry(&node.threshold);
+                    std::mem::forget(unwinding);
                     debug_assert!(removed.is_some(), "a waiting node is in its index");
+                    // The threshold's `Drop` runs with the node unlinked.
+                    drop(removed);
                 }
                 (prev, next) => {
+                    let unwinding = AbortOnUnwind;
                     let fifo = self
                         .waiters
                         .get_mut(&node.threshold)
                         .expect("a waiting node is in its index");
+                    std::mem::forget(unwinding);
                     if let Some(prev) = prev {
                         prev.as_ref().set_next(None);
                         fifo.tail = prev;
@@ -263,39 +269,59 @@ impl<K: Ord + Clone> Core<K> {
         node.unparker.with_mut(|u| unsafe { (*u).take() })
     }
 
-    /// Completes every node of `fifo`, which the caller took out of the map,
-    /// oldest first, giving each `output()`. Returns how many it completed.
+    /// Completes the nodes of `fifo`, a list in the map, oldest first,
+    /// giving each `output()`, until it is empty; the caller then removes it
+    /// from the map. The list stays well formed after each node: if `output`
+    /// (`K::clone`) panics, the nodes not yet completed stay registered in
+    /// it, and the map stays consistent.
     ///
     /// # Safety
     ///
-    /// The caller holds the cell's lock, and `fifo` was in the map until
-    /// the caller removed it.
-    unsafe fn complete_fifo(
-        fifo: Fifo<K>,
+    /// The caller holds the cell's lock, and `fifo` is in this core's map.
+    unsafe fn complete_list(
+        fifo: &mut Fifo<K>,
+        len: &mut usize,
         state: u8,
         mut output: impl FnMut() -> Option<K>,
         wakes: &mut WakeList,
-    ) -> usize {
-        let mut completed = 0;
-        let mut cursor = Some(fifo.head);
-        while let Some(ptr) = cursor {
-            // SAFETY: the node was registered until its list left the map:
-            // alive, since its owner cannot free it before observing the
-            // `Release` store below (invariant 3).
-            let node = unsafe { ptr.as_ref() };
-            // SAFETY: guarded by the lock. Read before the store below,
-            // after which the node may be gone.
-            cursor = unsafe { node.next() };
-            // SAFETY: guarded by the lock; published by the `Release` store.
-            node.output.with_mut(|o| unsafe { *o = output() });
+    ) {
+        loop {
+            // Before touching the node: a panic here changes nothing.
+            let output = output();
+            // SAFETY: the head is registered, hence alive (invariant 2).
+            let node = unsafe { fifo.head.as_ref() };
+            // SAFETY (links, output, unparker): guarded by the lock; the
+            // output is published by the `Release` store below.
+            let next = unsafe { node.next() };
+            node.output.with_mut(|o| unsafe { *o = output });
             if let Some(unparker) = node.unparker.with_mut(|u| unsafe { (*u).take() }) {
                 wakes.push(unparker);
             }
-            // The last access to the node (invariant 3).
+            *len -= 1;
+            if let Some(next) = next {
+                // SAFETY: `next` is registered in this list, hence alive.
+                unsafe { next.as_ref().set_prev(None) };
+                fifo.head = next;
+            }
+            // The last access to the node (invariant 3): the list no longer
+            // leads to it.
             node.state.store(state, Ordering::Release);
-            completed += 1;
+            if next.is_none() {
+                return;
+            }
         }
-        completed
+    }
+}
+
+/// Aborts the process when dropped, which only unwinding does (it is
+/// forgotten otherwise): a panic in `K`'s `Ord` while a node is being
+/// unlinked would leave the map pointing to a node its owner is about to
+/// free.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        std::process::abort();
     }
 }
 
@@ -321,46 +347,40 @@ impl<K: Ord + Clone + Send + 'static> ErasedCore for Core<K> {
 
     fn complete_reached(&mut self, wakes: &mut WakeList) {
         let key = self.current.take().expect("evaluated just now");
-        // O(log T) when nobody is satisfied: the usual case.
-        match self.waiters.first_key_value() {
-            Some((lowest, _)) if *lowest <= key => {}
-            _ => return,
+        if matches!(self.waiters.last_key_value(), Some((highest, _)) if *highest <= key) {
+            // Everyone: room for every wake-up at once.
+            wakes.reserve(self.len);
         }
-        let (reached, at_key) = match self.waiters.last_key_value() {
-            // Everyone: take the whole map.
-            Some((highest, _)) if *highest <= key => {
-                wakes.reserve(self.len);
-                (std::mem::take(&mut self.waiters), None)
+        // Lowest threshold first; O(log T) when nobody is satisfied, the
+        // usual case. Each list leaves the map once completed, so a panic
+        // in `K`'s `Ord` or `Clone` leaves every node not yet completed
+        // registered, in a consistent map.
+        while let Some(mut entry) = self.waiters.first_entry() {
+            if *entry.key() > key {
+                break;
             }
-            _ => {
-                // `split_off` keeps the thresholds below `key`; the list of
-                // `key` itself, if any, is reached too.
-                let mut above = self.waiters.split_off(&key);
-                let at_key = above
-                    .first_entry()
-                    .filter(|entry| *entry.key() == key)
-                    .map(|entry| entry.remove());
-                (std::mem::replace(&mut self.waiters, above), at_key)
-            }
-        };
-        let mut completed = 0;
-        for fifo in reached.into_values().chain(at_key) {
             // SAFETY: `&mut self` means the caller holds the lock; the list
-            // was in the map until just now.
-            completed +=
-                unsafe { Self::complete_fifo(fifo, SATISFIED, || Some(key.clone()), wakes) };
+            // is in the map.
+            unsafe {
+                Self::complete_list(
+                    entry.get_mut(),
+                    &mut self.len,
+                    SATISFIED,
+                    || Some(key.clone()),
+                    wakes,
+                );
+            }
+            entry.remove();
         }
-        self.len -= completed;
     }
 
     fn close_all(&mut self, wakes: &mut WakeList) {
-        let all = std::mem::take(&mut self.waiters);
         wakes.reserve(self.len);
-        for fifo in all.into_values() {
+        while let Some(mut entry) = self.waiters.first_entry() {
             // SAFETY: as in `complete_reached`.
-            unsafe { Self::complete_fifo(fifo, CLOSED, || None, wakes) };
+            unsafe { Self::complete_list(entry.get_mut(), &mut self.len, CLOSED, || None, wakes) };
+            entry.remove();
         }
-        self.len = 0;
     }
 }
 
