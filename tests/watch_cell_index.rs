@@ -190,6 +190,53 @@ fn cancelling_some_waits_leaves_the_others_and_their_order_intact() {
     assert_eq!(cell.stats().wakeups, kept as u64);
 }
 
+/// Wakes by pushing its id to a shared log.
+struct LoggingWaker {
+    id: usize,
+    log: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl std::task::Wake for LoggingWaker {
+    fn wake(self: Arc<Self>) {
+        self.log.lock().unwrap().push(self.id);
+    }
+}
+
+#[test]
+fn waits_of_one_threshold_are_woken_oldest_first_whichever_were_cancelled() {
+    let cell = WatchCell::new(0_u64);
+    let seqno = cell.index(|v: &u64| *v);
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waits: Vec<Option<Pin<Box<_>>>> = Vec::new();
+    for id in 0..8 {
+        let waker = Waker::from(Arc::new(LoggingWaker {
+            id,
+            log: Arc::clone(&log),
+        }));
+        let mut wait = Box::pin(seqno.wait_at_least(3));
+        assert!(poll(wait.as_mut(), &waker).is_pending());
+        waits.push(Some(wait));
+    }
+    // Cancel the head, a middle one, the tail, then the new head.
+    for id in [0, 4, 7, 1] {
+        waits[id] = None;
+    }
+    assert_eq!(seqno.waiting(), 4);
+    // Another threshold below, reached by the same modification.
+    let waker = Waker::from(Arc::new(LoggingWaker {
+        id: 100,
+        log: Arc::clone(&log),
+    }));
+    let mut lower = Box::pin(seqno.wait_at_least(2));
+    assert!(poll(lower.as_mut(), &waker).is_pending());
+    cell.modify(|v| *v = 3);
+    assert_eq!(*log.lock().unwrap(), [100, 2, 3, 5, 6]);
+    assert_eq!(seqno.waiting(), 0);
+    for wait in waits.iter_mut().flatten() {
+        assert_eq!(poll(wait.as_mut(), Waker::noop()), Poll::Ready(Ok(3)));
+    }
+}
+
 #[test]
 fn key_that_goes_down_leaves_waits_waiting_and_a_later_rise_wakes_them() {
     let cell = WatchCell::new(5_i64);
@@ -342,6 +389,54 @@ fn key_panicking_on_the_modifiers_thread_resumes_there_after_notifying_the_other
     assert_eq!(fragile.waiting(), 1);
     cell.modify(|v| *v = 14);
     assert_eq!(poll(index_wait.as_mut(), &index_waker), Poll::Ready(Ok(14)));
+}
+
+/// Whether cloning a [`Touchy`] key panics.
+static TOUCHY_CLONE_PANICS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A key whose `Clone` panics on demand.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Touchy(u64);
+
+impl Clone for Touchy {
+    fn clone(&self) -> Self {
+        assert!(
+            !TOUCHY_CLONE_PANICS.load(Ordering::SeqCst),
+            "the key's clone panicked"
+        );
+        Touchy(self.0)
+    }
+}
+
+#[test]
+fn key_clone_panicking_on_the_modifiers_thread_leaves_the_waits_not_completed_registered() {
+    let cell = WatchCell::new(0_u64);
+    let index = cell.index(|v: &u64| Touchy(*v));
+    let noop = Waker::noop();
+    let mut waits: Vec<_> = (0..3)
+        .map(|_| Box::pin(index.wait_at_least(Touchy(1))))
+        .collect();
+    for wait in &mut waits {
+        assert!(poll(wait.as_mut(), noop).is_pending());
+    }
+    TOUCHY_CLONE_PANICS.store(true, Ordering::SeqCst);
+    let modified = catch_unwind(AssertUnwindSafe(|| cell.modify(|v| *v = 1)));
+    TOUCHY_CLONE_PANICS.store(false, Ordering::SeqCst);
+    assert!(
+        modified.is_err(),
+        "the clone's panic resumes in the modifier"
+    );
+    assert_eq!(index.waiting(), 3);
+    // The list is still well formed: a cancellation in its middle, then a
+    // modification, complete the others.
+    drop(waits.remove(1));
+    assert_eq!(index.waiting(), 2);
+    cell.modify(|v| *v = 2);
+    assert_eq!(index.waiting(), 0);
+    for wait in &mut waits {
+        assert_eq!(poll(wait.as_mut(), noop), Poll::Ready(Ok(Touchy(2))));
+    }
 }
 
 #[test]

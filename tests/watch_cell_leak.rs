@@ -134,3 +134,34 @@ fn leaked_index_wait_outlives_its_index_and_cell_without_being_touched() {
     assert_eq!(cell.stats().waiters, 0);
     drop(cell);
 }
+
+#[test]
+fn leaked_index_wait_between_two_live_ones_survives_their_cancellation_and_is_completed() {
+    let cell = WatchCell::new(0_u64);
+    let seqno = cell.index(|v: &u64| *v);
+    let mut cx = Context::from_waker(Waker::noop());
+    // One threshold, one list: live, leaked, live.
+    let mut older = Box::pin(seqno.wait_at_least(1));
+    assert!(older.as_mut().poll(&mut cx).is_pending());
+    poll_once_and_leak(seqno.wait_at_least(1));
+    let mut younger = Box::pin(seqno.wait_at_least(1));
+    assert!(younger.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(seqno.waiting(), 3);
+    // Each cancellation rewrites the leaked node's links, then frees its own.
+    drop(older);
+    drop(younger);
+    assert_eq!(seqno.waiting(), 1);
+    // A new wait links after the leaked node, which is now the list's tail;
+    // cancelled again, the leaked node is the list's only node.
+    let mut newest = Box::pin(seqno.wait_at_least(1));
+    assert!(newest.as_mut().poll(&mut cx).is_pending());
+    drop(newest);
+    let mut last = Box::pin(seqno.wait_at_least(1));
+    assert!(last.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(seqno.waiting(), 2);
+    // The modifier walks the list through the leaked node to the live one.
+    cell.modify(|v| *v = 1);
+    assert_eq!(seqno.waiting(), 0);
+    assert_eq!(last.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(1)));
+    assert_eq!(cell.stats().wakeups, 2);
+}

@@ -171,3 +171,34 @@ fn dropped_keyed_publisher_racing_claim() {
         assert_eq!(registry.in_flight(), 0);
     });
 }
+
+/// A receiver reads the outcome without the lock while it is published:
+/// it sees `Pending`, or the whole outcome (loom checks that the read never
+/// overlaps the write), and once it has seen `Done`, every later read and
+/// wait returns that outcome.
+#[test]
+fn lock_free_status_read_racing_publish_sees_pending_or_the_whole_outcome() {
+    loom::model(|| {
+        let (publisher, receiver) = status::channel::<SyncOutcome>();
+        let reader = receiver.clone();
+        let reading = thread::spawn(move || {
+            let status = reader.status();
+            match &status {
+                SyncStatus::Pending => {}
+                SyncStatus::Done(outcome) => {
+                    assert_eq!(*outcome, SyncOutcome::Failed("disk full".to_owned()));
+                    assert!(reader.is_done());
+                    assert_eq!(reader.blocking_done(), *outcome);
+                }
+            }
+            status
+        });
+        publisher.publish(SyncOutcome::Failed("disk full".to_owned()));
+        let seen = reading.join().unwrap();
+        assert!(seen.is_pending() || seen == receiver.status());
+        assert_eq!(
+            block_on(receiver.done()),
+            SyncOutcome::Failed("disk full".to_owned())
+        );
+    });
+}

@@ -411,3 +411,39 @@ fn index_deadline_racing_a_satisfying_modify_reports_one_consistent_outcome() {
         assert_eq!(seqno.waiting(), 0);
     });
 }
+
+/// Three waits of one threshold share one list. The head and the tail are
+/// cancelled while a modifier completes the list and another thread links
+/// a fourth wait of the same threshold: every interleaving of the unlinks
+/// and the link (each rewriting a neighbour's links) with the walk down the
+/// list completes every live wait exactly once, and touches no node after
+/// its owner was free to drop it.
+#[test]
+fn cancellations_racing_the_completion_of_their_neighbours_in_one_list() {
+    loom::model(|| {
+        let cell = WatchCell::new(0_u64);
+        let seqno = cell.index(|v: &u64| *v);
+        let register = || {
+            let mut wait = Box::pin(seqno.wait_at_least(1));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            wait
+        };
+        let (head, middle, tail) = (register(), register(), register());
+        assert_eq!(seqno.waiting(), 3);
+        let writer = thread::spawn({
+            let cell = cell.clone();
+            move || cell.modify(|v| *v = 1)
+        });
+        let latecomer = thread::spawn({
+            let seqno = seqno.clone();
+            move || block_on(seqno.wait_at_least(1))
+        });
+        drop(head);
+        drop(tail);
+        assert_eq!(block_on(middle), Ok(1));
+        assert_eq!(latecomer.join().unwrap(), Ok(1));
+        writer.join().unwrap();
+        assert_eq!(seqno.waiting(), 0);
+    });
+}

@@ -4,8 +4,10 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::slot::OutcomeSlot;
 use super::{Outcome, SyncOutcome, SyncStatus, TimedOut};
 use crate::WatchCell;
+use crate::sync::Arc;
 use crate::watch_cell::{Closed, WaitTimeoutError};
 use crate::watch_cell::{WakeList, WatchIndex};
 
@@ -35,18 +37,39 @@ use crate::watch_cell::{WakeList, WatchIndex};
 /// # }
 /// ```
 pub fn channel<O: Outcome>() -> (SyncPublisher<O>, SyncReceiver<O>) {
-    let status = WatchCell::new(SyncStatus::Pending);
     // Waiters wait on an index over "is done": publication completes them
-    // all at once (one key evaluation, the whole index taken in one step),
-    // with no per-waiter predicate call and no per-waiter outcome clone
-    // under the lock; each reads the (immutable) outcome once woken.
-    let done = status.index(|status: &SyncStatus<O>| status.is_done());
-    let receiver = SyncReceiver { done: done.clone() };
-    (SyncPublisher { status: Some(done) }, receiver)
+    // all at once (one key evaluation, the index's one list taken whole),
+    // with no per-waiter predicate call and no outcome clone under the
+    // lock. The outcome itself is stored in the slot before that
+    // modification, and each receiver reads it from there, lock-free.
+    let done = WatchCell::new(false).index(|done: &bool| *done);
+    let channel = Arc::new(Channel {
+        outcome: OutcomeSlot::new(),
+        done,
+    });
+    let receiver = SyncReceiver {
+        channel: Arc::clone(&channel),
+    };
+    (
+        SyncPublisher {
+            channel: Some(channel),
+        },
+        receiver,
+    )
 }
 
-/// A channel's cell and its "is done" index.
-type DoneIndex<O> = WatchIndex<SyncStatus<O>, bool>;
+/// What the publisher and every receiver of one channel share.
+///
+/// **Invariant**: `outcome` is stored before the cell's value becomes `true`
+/// (the only modification of the cell, made by the publisher after storing
+/// it), so a wait completed by that modification, or a receiver that sees
+/// the value `true`, finds the outcome stored.
+struct Channel<O> {
+    /// The published outcome, read without a lock.
+    outcome: OutcomeSlot<O>,
+    /// "Is done" over a cell that holds whether `outcome` is published.
+    done: WatchIndex<bool, bool>,
+}
 
 /// The publishing half of a status channel: publishes the outcome of one
 /// sync, exactly once.
@@ -59,7 +82,7 @@ type DoneIndex<O> = WatchIndex<SyncStatus<O>, bool>;
 /// [`Outcome::panicked`] ([`SyncOutcome::Failed`]) instead.
 pub struct SyncPublisher<O: Outcome = SyncOutcome> {
     /// `None` once published.
-    status: Option<DoneIndex<O>>,
+    channel: Option<Arc<Channel<O>>>,
 }
 
 impl<O: Outcome> SyncPublisher<O> {
@@ -88,19 +111,19 @@ impl<O: Outcome> SyncPublisher<O> {
     /// ```
     pub fn subscribe(&self) -> SyncReceiver<O> {
         SyncReceiver {
-            done: self.index().clone(),
+            channel: Arc::clone(self.channel()),
         }
     }
 
     /// Whether `receiver` listens to this publisher.
     pub fn same_channel(&self, receiver: &SyncReceiver<O>) -> bool {
-        self.index().cell().same_cell(receiver.cell())
+        Arc::ptr_eq(self.channel(), &receiver.channel)
     }
 
-    fn index(&self) -> &DoneIndex<O> {
-        self.status
+    fn channel(&self) -> &Arc<Channel<O>> {
+        self.channel
             .as_ref()
-            .expect("`status` is `Some` until the publisher is consumed or dropped")
+            .expect("`channel` is `Some` until the publisher is consumed or dropped")
     }
 
     /// Publishes like [`publish`](Self::publish), but returns the wake-ups
@@ -111,11 +134,14 @@ impl<O: Outcome> SyncPublisher<O> {
     }
 
     fn publish_once(&mut self, outcome: O) -> WakeList {
-        match self.status.take() {
-            // The only write to the cell: `Pending -> Done` happens once, here.
-            Some(status) => {
-                let ((), wakes) = status.cell().modify_deferred(|current| {
-                    *current = SyncStatus::Done(outcome);
+        match self.channel.take() {
+            // The only writes, once, here: the outcome, then the cell
+            // (`Channel`'s invariant).
+            Some(channel) => {
+                let stored = channel.outcome.set(outcome);
+                debug_assert!(stored.is_ok(), "only the publisher stores the outcome");
+                let ((), wakes) = channel.done.cell().modify_deferred(|done| {
+                    *done = true;
                     (true, ())
                 });
                 wakes
@@ -127,7 +153,7 @@ impl<O: Outcome> SyncPublisher<O> {
 
 impl<O: Outcome> Drop for SyncPublisher<O> {
     fn drop(&mut self) {
-        if self.status.is_some() {
+        if self.channel.is_some() {
             drop(self.publish_once(unpublished()));
         }
     }
@@ -146,9 +172,11 @@ pub(super) fn unpublished<O: Outcome>() -> O {
 
 impl<O: Outcome + fmt::Debug> fmt::Debug for SyncPublisher<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SyncPublisher")
-            .field("status", &self.status)
-            .finish()
+        let mut d = f.debug_struct("SyncPublisher");
+        if let Some(channel) = &self.channel {
+            d.field("status", &channel.outcome);
+        }
+        d.finish_non_exhaustive()
     }
 }
 
@@ -165,23 +193,29 @@ impl<O: Outcome + fmt::Debug> fmt::Debug for SyncPublisher<O> {
 ///
 /// For an async wait with a time limit, wrap [`done`](Self::done) in
 /// `tokio::time::timeout`; it is cancel safe.
+///
+/// Receivers read the published outcome without locking, by reference,
+/// each cloning it for itself: a receiver is `Send` and `Sync` when the
+/// outcome type is both (an outcome that is `Send` but not `Sync`, say one
+/// holding a `Cell`, keeps its receivers on one thread).
 pub struct SyncReceiver<O = SyncOutcome> {
-    done: DoneIndex<O>,
+    channel: Arc<Channel<O>>,
 }
 
 impl<O> SyncReceiver<O> {
-    fn cell(&self) -> &WatchCell<SyncStatus<O>> {
-        self.done.cell()
+    fn cell(&self) -> &WatchCell<bool> {
+        self.channel.done.cell()
     }
 
-    /// The outcome, once a wait saw it published (`Done` is final).
+    /// The outcome, once a wait saw it published (`Channel`'s invariant).
     fn published(&self) -> O
     where
         O: Clone,
     {
-        self.cell()
-            .read(|status| status.outcome().cloned())
-            .expect("a published status stays `Done`")
+        self.channel
+            .outcome
+            .get(O::clone)
+            .expect("the outcome is stored before waits complete")
     }
 
     /// The status now.
@@ -198,12 +232,12 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone,
     {
-        self.cell().read(SyncStatus::clone)
+        self.channel.outcome.status()
     }
 
     /// Whether the outcome was published.
     pub fn is_done(&self) -> bool {
-        self.cell().read(SyncStatus::is_done)
+        self.channel.outcome.is_set()
     }
 
     /// A new receiver of the same channel (the same as `clone`).
@@ -213,7 +247,7 @@ impl<O> SyncReceiver<O> {
 
     /// Whether `self` and `other` listen to the same publisher.
     pub fn same_channel(&self, other: &Self) -> bool {
-        self.cell().same_cell(other.cell())
+        Arc::ptr_eq(&self.channel, &other.channel)
     }
 
     /// How many waits on this channel are parked right now (async and
@@ -249,7 +283,8 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send + 'static,
     {
-        self.done
+        self.channel
+            .done
             .wait_at_least(true)
             .await
             .unwrap_or_else(never_closed);
@@ -274,7 +309,8 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send,
     {
-        self.done
+        self.channel
+            .done
             .blocking_wait_at_least(true)
             .unwrap_or_else(never_closed);
         self.published()
@@ -300,7 +336,8 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send,
     {
-        self.done
+        self.channel
+            .done
             .blocking_wait_at_least_deadline(true, deadline)
             .map_err(timed_out)?;
         Ok(self.published())
@@ -328,7 +365,8 @@ impl<O> SyncReceiver<O> {
     where
         O: Clone + Send,
     {
-        self.done
+        self.channel
+            .done
             .blocking_wait_at_least_timeout(true, timeout)
             .map_err(timed_out)?;
         Ok(self.published())
@@ -350,7 +388,7 @@ fn timed_out(error: WaitTimeoutError) -> TimedOut {
 impl<O> Clone for SyncReceiver<O> {
     fn clone(&self) -> Self {
         Self {
-            done: self.done.clone(),
+            channel: Arc::clone(&self.channel),
         }
     }
 }
@@ -358,7 +396,7 @@ impl<O> Clone for SyncReceiver<O> {
 impl<O: fmt::Debug> fmt::Debug for SyncReceiver<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SyncReceiver")
-            .field("status", self.cell())
+            .field("status", &self.channel.outcome)
             .finish()
     }
 }

@@ -61,6 +61,7 @@ mod channel;
 mod error;
 mod outcome;
 mod registry;
+mod slot;
 
 pub use cancel::BlockingCancellation;
 pub use channel::{SyncPublisher, SyncReceiver, channel};

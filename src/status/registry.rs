@@ -248,6 +248,10 @@ where
     /// the key in one atomic step. If `job` (or its future) panics,
     /// [`Outcome::panicked`] with the panic message is published instead.
     ///
+    /// The outcome type must be `Sync` as well as `Send`: the spawned task
+    /// holds the registry's receivers, which read the published outcome by
+    /// reference from any thread.
+    ///
     /// # Panics
     ///
     /// If called outside a tokio runtime (as `tokio::spawn`). The registry
@@ -274,7 +278,7 @@ where
     pub fn start<F, Fut>(&self, key: K, job: F) -> Start<O>
     where
         K: Clone + Send + 'static,
-        O: Send + 'static,
+        O: Send + Sync + 'static,
         F: FnOnce(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = O> + Send + 'static,
     {

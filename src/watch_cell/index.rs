@@ -4,51 +4,65 @@
 //!
 //! # How it works
 //!
-//! Each index keeps its waiters in a `BTreeMap` ordered by `(threshold,
-//! registration number)`. A notifying modification evaluates the index's key
-//! function once, on the new value, and completes the prefix of the map whose
-//! threshold the key has reached: a lookup of the first entry when nobody is
-//! satisfied, a split of the map otherwise. Registration and removal are
-//! O(log N). The nodes are pinned in their owner's frame, exactly like the
+//! Each index keeps its waiters in a `BTreeMap` from threshold to a FIFO
+//! list of the waiters of that threshold, linked through the nodes
+//! themselves (`queue.rs`). A notifying modification evaluates the index's
+//! key function once, on the new value, and completes every list whose
+//! threshold the key has reached, lowest first: a look at the first entry
+//! when nobody is satisfied, a walk down each reached list otherwise. Registration and cancellation find the threshold's list in
+//! O(log T), for T distinct thresholds, and link or unlink the node in
+//! O(1). The nodes are pinned in their owner's frame, exactly like the
 //! predicate waiters of `waiter.rs`, and obey the same invariants (numbered
 //! as there):
 //!
-//! 1. A node is in its index's map iff its `state` is `WAITING`; both change
-//!    only under the cell's lock.
-//! 2. The map holds a node's pointer only while the node is registered: the
-//!    owner removes it (under the lock) before the node is dropped, unless a
-//!    modifier or `close` completed it first.
-//! 3. A modifier that completes a node removes it from the map, takes its
-//!    unparker, writes its output, and only then stores the new state with
-//!    `Release`: its last access. An owner that loads a non-`WAITING` state
-//!    with `Acquire` reads the output and frees the node without locking.
-//! 4. Registration evaluates the key and inserts the node in one critical
+//! 1. A node is in its threshold's list (and that list in the map) iff its
+//!    `state` is `WAITING`; both change only under the cell's lock. Its
+//!    links (`prev`, `next`), and the lists' head and tail, are read and
+//!    written only under the lock.
+//! 2. A list holds a node only while the node is registered: the owner
+//!    unlinks it (under the lock) before the node is dropped, unless a
+//!    modifier or `close` completed it first. A list is never empty: the
+//!    owner that unlinks the last node removes the list from the map.
+//! 3. A modifier completes a list from its head, keeping it well formed:
+//!    for each node it reads its `next` link, writes its output, takes its
+//!    unparker, makes `next` the head, and only then stores the new state
+//!    with `Release`: its last access. An owner that loads a non-`WAITING`
+//!    state with `Acquire` reads the output and frees the node without
+//!    locking; nothing leads to the node any more. The emptied list leaves
+//!    the map. A panic in `K`'s `Clone` (the output) or `Ord` stops the walk
+//!    between two nodes, with the rest still registered.
+//! 4. Registration evaluates the key and links the node in one critical
 //!    section; every notifying modification evaluates the key of every index
 //!    that has waiters in its own: no wake-up is lost, and every registered
 //!    threshold is above the key of the current value.
 //! 5. No waker is cloned, woken or dropped under the lock.
 //!
-//! A leaked future leaves its node in the map for good: the node's memory
-//! stays valid (it is pinned and never freed), and it is reached only through
-//! the map, by a modifier that completes it (writing its output and taking
-//! its waker) or by `close`. Nothing it holds borrows: the threshold and the
-//! output are owned `K: 'static`, and the key function belongs to the index,
-//! not to the node.
+//! A leaked future leaves its node linked for good: the node's memory
+//! stays valid (it is pinned and never freed), and it is reached only
+//! through its list, under the lock: by an owner unlinking a neighbour
+//! (which rewrites the leaked node's links and nothing else), by a
+//! registration appending after it (the same), or by a modifier that
+//! completes its list or by `close` (writing its output and taking its
+//! waker). Nothing it holds borrows: the threshold and the output are owned
+//! `K: 'static`, and the key function belongs to the index, not to the
+//! node. When the index itself is dropped, its map is dropped with the
+//! lists in it: they hold only pointers, so no node is touched.
+
+mod queue;
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::marker::{PhantomData, PhantomPinned};
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::{Pin, pin};
-use std::ptr::NonNull;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use super::waiter::{CLOSED, IDLE, SATISFIED, Unparker, WAITING, WakeList};
+use super::waiter::{IDLE, Unparker, WAITING, WakeList};
 use super::{Closed, State, WaitTimeoutError, WatchCell, deadline_after};
-use crate::sync::{self, AtomicU8, Ordering, UnsafeCell};
+use crate::sync;
+use queue::{Core, ErasedCore, IndexWaiter, core_of};
 
 /// A key extracted from a [`WatchCell`]'s value, with waits for "the key has
 /// reached `k`" that cost O(log N) per modification, however many wait.
@@ -74,7 +88,7 @@ use crate::sync::{self, AtomicU8, Ordering, UnsafeCell};
 /// |---|---|---|
 /// | modification, nobody satisfied | N predicate calls | 1 key call + O(log N) |
 /// | modification, k satisfied | N predicate calls | 1 key call + O(log N + k) |
-/// | registration, cancellation | O(1) | O(log N) |
+/// | registration, cancellation | O(1) | O(log N), O(1) among equal thresholds |
 /// | condition | anything | `key(value) >= k` |
 ///
 /// # Keys that go down
@@ -99,7 +113,8 @@ use crate::sync::{self, AtomicU8, Ordering, UnsafeCell};
 /// panics on a modifier's thread, the other waiters of that modification are
 /// still notified, the index's waiters keep waiting, and the panic resumes in
 /// the modifier once the lock is released; if it panics while a wait checks
-/// it, the panic resumes in that wait.
+/// it, the panic resumes in that wait. `K`'s `Ord` must not panic while a
+/// wait is cancelled: the wait could not be unlinked, so the process aborts.
 ///
 /// # Examples
 ///
@@ -182,11 +197,7 @@ impl<T> WatchCell<T> {
     {
         let mut key = key;
         let slot = Slot {
-            core: Box::new(Core::<K> {
-                waiters: BTreeMap::new(),
-                next_seq: 0,
-                current: None,
-            }),
+            core: Box::new(Core::<K>::new()),
             // Stores the key into the core: only this closure knows `T` and
             // `K` together, and it needs no `T: 'static`.
             evaluate: Box::new(move |value: &T, core: &mut dyn Any| {
@@ -408,7 +419,7 @@ where
         }
         let core = core_of::<K>(slot.core.as_mut());
         let key = core.current.take().expect("evaluated just now");
-        if key >= node.threshold {
+        if key >= *node.threshold() {
             return (Check::Done(Ok(key)), Some(unparker));
         }
         drop(key);
@@ -574,7 +585,15 @@ impl<T, K: Ord + Clone + Send + 'static> Future for IndexWait<'_, T, K> {
     type Output = Result<K, Closed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let budget = ready!(sync::poll_proceed(cx));
+        // An always-ready wait in a loop must still let the scheduler run
+        // other tasks: a first poll spends tokio's task budget, yielding
+        // when it is spent. A registered wait has returned `Pending` once
+        // already, so its later polls need not (that saves a thread-local
+        // round trip on every wake-up).
+        let budget = match self.phase {
+            Phase::Init => Some(ready!(sync::poll_proceed(cx))),
+            Phase::Registered | Phase::Done => None,
+        };
         // SAFETY: `node` is never moved out of the pinned future.
         let this = unsafe { self.get_unchecked_mut() };
         let result = match this.phase {
@@ -612,7 +631,9 @@ impl<T, K: Ord + Clone + Send + 'static> Future for IndexWait<'_, T, K> {
             Phase::Done => panic!("`WatchIndex` wait future polled after completion"),
         };
         this.phase = Phase::Done;
-        budget.made_progress();
+        if let Some(budget) = budget {
+            budget.made_progress();
+        }
         Poll::Ready(result)
     }
 }
@@ -623,212 +644,6 @@ impl<T, K: Ord + Clone + Send + 'static> Drop for IndexWait<'_, T, K> {
             self.index.unregister(&self.node);
         }
     }
-}
-
-// ----------------------------------------------------------- the nodes ---
-
-/// A threshold waiter, pinned in its owner. The fields a completing
-/// modifier writes and the owner then reads (state, output, unparker) come
-/// first, so that for small keys they share a cache line. (Aligning the
-/// node to a cache line measured no faster, and made every task that holds
-/// one an over-aligned allocation.)
-#[repr(C)]
-pub(super) struct IndexWaiter<K> {
-    /// `IDLE`, `WAITING`, `SATISFIED` or `CLOSED` (invariant 1).
-    state: AtomicU8,
-    /// Written by the completing modifier before its `Release` store.
-    output: UnsafeCell<Option<K>>,
-    /// Guarded by the lock while `WAITING`.
-    unparker: UnsafeCell<Option<Unparker>>,
-    /// Registration number, the tie-break in the map; guarded by the lock.
-    seq: UnsafeCell<u64>,
-    threshold: K,
-    _pinned: PhantomPinned,
-}
-
-impl<K> IndexWaiter<K> {
-    fn new(threshold: K) -> Self {
-        Self {
-            state: AtomicU8::new(IDLE),
-            output: UnsafeCell::new(None),
-            unparker: UnsafeCell::new(None),
-            seq: UnsafeCell::new(0),
-            threshold,
-            _pinned: PhantomPinned,
-        }
-    }
-
-    /// Loads the state with `Acquire` (invariant 3).
-    #[inline]
-    fn state(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
-    }
-
-    /// The result of a completed node.
-    fn completion(&self) -> Result<K, Closed> {
-        match self.state() {
-            // SAFETY: a non-`WAITING` state was loaded with `Acquire`; the
-            // completing modifier's store was its last access (invariant 3).
-            SATISFIED => Ok(self
-                .output
-                .with_mut(|o| unsafe { (*o).take() })
-                .expect("a satisfied index waiter holds its key")),
-            CLOSED => Err(Closed),
-            state => unreachable!("index waiter completed in state {state}"),
-        }
-    }
-
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock and the node is `WAITING`.
-    unsafe fn will_wake(&self, waker: &Waker) -> bool {
-        self.unparker.with(|u| {
-            // SAFETY: guarded by the lock per the contract.
-            matches!(unsafe { &*u }, Some(Unparker::Task(current)) if current.will_wake(waker))
-        })
-    }
-
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock and the node is `WAITING`.
-    unsafe fn replace_unparker(&self, unparker: Unparker) -> Option<Unparker> {
-        // SAFETY: guarded by the lock per the contract.
-        self.unparker
-            .with_mut(|u| unsafe { (*u).replace(unparker) })
-    }
-}
-
-/// The waiters of one index, by `(threshold, registration number)`.
-/// Accessed only under the cell's lock.
-struct Core<K> {
-    waiters: BTreeMap<(K, u64), NonNull<IndexWaiter<K>>>,
-    next_seq: u64,
-    /// The key just evaluated by the slot's `evaluate`, taken at once.
-    current: Option<K>,
-}
-
-// SAFETY: the core is reachable only through the cell's mutex. Its pointers
-// lead to nodes whose data (`K`, an unparker) is `Send`; a modifier on
-// another thread writes a `K` into them and moves their unparker out, which
-// is what `Send` permits.
-unsafe impl<K: Send> Send for Core<K> {}
-
-impl<K: Ord + Clone> Core<K> {
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock; `node` is pinned and `IDLE`, and
-    /// stays alive until removed from the map (invariant 2).
-    unsafe fn insert(&mut self, node: &IndexWaiter<K>, unparker: Unparker) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        // SAFETY: guarded by the lock; the node is not yet shared.
-        node.seq.with_mut(|s| unsafe { *s = seq });
-        node.unparker.with_mut(|u| unsafe { *u = Some(unparker) });
-        node.state.store(WAITING, Ordering::Relaxed);
-        self.waiters
-            .insert((node.threshold.clone(), seq), NonNull::from(node));
-    }
-
-    /// Removes a `WAITING` node on its owner's behalf; returns its unparker.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock and `node` is `WAITING` in this map.
-    unsafe fn remove(&mut self, node: &IndexWaiter<K>) -> Option<Unparker> {
-        // SAFETY: guarded by the lock.
-        let seq = node.seq.with(|s| unsafe { *s });
-        let removed = self.waiters.remove(&(node.threshold.clone(), seq));
-        debug_assert!(removed.is_some(), "a waiting node is in its index");
-        node.state.store(IDLE, Ordering::Relaxed);
-        // SAFETY: guarded by the lock; the node is no longer registered.
-        node.unparker.with_mut(|u| unsafe { (*u).take() })
-    }
-
-    /// Completes `node`, which the caller took out of the map.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds the cell's lock, and `node` was registered until the
-    /// caller removed it from the map.
-    #[inline]
-    unsafe fn complete(
-        node: NonNull<IndexWaiter<K>>,
-        state: u8,
-        output: Option<K>,
-        wakes: &mut WakeList,
-    ) {
-        // SAFETY: the node is alive: its owner cannot free it before
-        // observing the store below, which is our last access (invariant 3).
-        let node = unsafe { node.as_ref() };
-        // SAFETY: guarded by the lock; published by the `Release` store.
-        node.output.with_mut(|o| unsafe { *o = output });
-        if let Some(unparker) = node.unparker.with_mut(|u| unsafe { (*u).take() }) {
-            wakes.push(unparker);
-        }
-        node.state.store(state, Ordering::Release);
-    }
-}
-
-/// The `K`-typed operations the cell runs on an index without knowing `K`.
-pub(super) trait ErasedCore: Send {
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    fn len(&self) -> usize;
-    /// Completes every waiter whose threshold the key just evaluated (left
-    /// in `current`) has reached.
-    fn complete_reached(&mut self, wakes: &mut WakeList);
-    /// Completes every waiter with `Closed`.
-    fn close_all(&mut self, wakes: &mut WakeList);
-}
-
-impl<K: Ord + Clone + Send + 'static> ErasedCore for Core<K> {
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn len(&self) -> usize {
-        self.waiters.len()
-    }
-
-    fn complete_reached(&mut self, wakes: &mut WakeList) {
-        let key = self.current.take().expect("evaluated just now");
-        // O(log N) when nobody is satisfied: the usual case.
-        match self.waiters.first_key_value() {
-            Some(((lowest, _), _)) if *lowest <= key => {}
-            _ => return,
-        }
-        let reached = match self.waiters.last_key_value() {
-            // Everyone: take the whole map.
-            Some(((highest, _), _)) if *highest <= key => std::mem::take(&mut self.waiters),
-            _ => {
-                // Registration numbers stay below `u64::MAX`, so every entry
-                // with threshold `key` sorts before this bound.
-                let above = self.waiters.split_off(&(key.clone(), u64::MAX));
-                std::mem::replace(&mut self.waiters, above)
-            }
-        };
-        wakes.reserve(reached.len());
-        for node in reached.values() {
-            // SAFETY: `&mut self` means the caller holds the lock; the node
-            // was registered until it left the map just now.
-            unsafe { Self::complete(*node, SATISFIED, Some(key.clone()), wakes) };
-        }
-        drop(reached);
-    }
-
-    fn close_all(&mut self, wakes: &mut WakeList) {
-        let all = std::mem::take(&mut self.waiters);
-        wakes.reserve(all.len());
-        for node in all.into_values() {
-            // SAFETY: as in `complete_reached`.
-            unsafe { Self::complete(node, CLOSED, None, wakes) };
-        }
-    }
-}
-
-fn core_of<K: 'static>(core: &mut dyn ErasedCore) -> &mut Core<K> {
-    core.as_any_mut()
-        .downcast_mut::<Core<K>>()
-        .expect("an index's core has its handle's key type")
 }
 
 /// One index of a cell: its waiters, and the key function that evaluates

@@ -61,8 +61,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // An always-ready wait in a loop must still let the scheduler run
-        // other tasks: spend tokio's task budget, yielding when it is spent.
-        let budget = ready!(sync::poll_proceed(cx));
+        // other tasks: a first poll spends tokio's task budget, yielding
+        // when it is spent. A registered wait has returned `Pending` once
+        // already, so its later polls need not (that saves a thread-local
+        // round trip on every wake-up).
+        let budget = match self.phase {
+            Phase::Init => Some(ready!(sync::poll_proceed(cx))),
+            Phase::Registered | Phase::Done => None,
+        };
         // SAFETY: `node` is never moved out of the pinned future; the other
         // fields are plain data.
         let this = unsafe { self.get_unchecked_mut() };
@@ -111,7 +117,9 @@ where
             Phase::Done => panic!("`WatchCell` wait future polled after completion"),
         };
         this.phase = Phase::Done;
-        budget.made_progress();
+        if let Some(budget) = budget {
+            budget.made_progress();
+        }
         Poll::Ready(result)
     }
 }

@@ -212,16 +212,18 @@ pub(super) struct Header {
 }
 
 /// A waiter node: header plus the caller's predicate, pinned in its owner.
+/// `repr(C)` puts the header first, so the list reaches it from a node
+/// pointer without a virtual call ([`header_of`]).
+#[repr(C)]
 pub(super) struct Waiter<P> {
     header: Header,
     predicate: UnsafeCell<P>,
     _pinned: PhantomPinned,
 }
 
-/// The object-safe view of a node the list stores.
+/// The object-safe view of a node the list stores. Implemented by
+/// [`Waiter`] only: [`header_of`] relies on its layout.
 trait Node<T> {
-    fn header(&self) -> &Header;
-
     /// Whether a successful (or panicking) test may have modified the value.
     fn takes(&self) -> bool;
 
@@ -233,10 +235,6 @@ trait Node<T> {
 }
 
 impl<T, P: Predicate<T>> Node<T> for Waiter<P> {
-    fn header(&self) -> &Header {
-        &self.header
-    }
-
     fn takes(&self) -> bool {
         P::TAKES
     }
@@ -246,6 +244,19 @@ impl<T, P: Predicate<T>> Node<T> for Waiter<P> {
         self.predicate
             .with_mut(|p| unsafe { (*p).test(value, version) })
     }
+}
+
+/// The header of the node `ptr` points to: its first field, at offset 0
+/// (every `Node` is a `repr(C)` `Waiter` whose first field is the header).
+///
+/// # Safety
+///
+/// The node is alive for `'a`.
+#[inline]
+unsafe fn header_of<'a, T>(ptr: NonNull<dyn Node<T>>) -> &'a Header {
+    // SAFETY: `Waiter` is the only implementor of `Node`, and is `repr(C)`
+    // with the header first; the node is alive per the contract.
+    unsafe { ptr.cast::<Header>().as_ref() }
 }
 
 /// How a completed wait ended.
@@ -438,8 +449,7 @@ impl<T> WaiterList<T> {
             let node = slot.expect("retained slots are occupied");
             // SAFETY: registered nodes are alive (invariant 2); the index
             // field is guarded by the lock.
-            unsafe { node.as_ref() }
-                .header()
+            unsafe { header_of(node) }
                 .index
                 .with_mut(|i| unsafe { *i = index });
         }
@@ -487,7 +497,8 @@ impl<T> WaiterList<T> {
                 Ok(true) => SATISFIED,
                 Err(payload) => {
                     // SAFETY: guarded by the lock; published by the store below.
-                    node.header()
+                    // SAFETY: registered nodes are alive (invariant 2).
+                    unsafe { header_of(ptr) }
                         .panic
                         .with_mut(|p| unsafe { *p = Some(payload) });
                     PANICKED
@@ -533,7 +544,7 @@ impl<T> WaiterList<T> {
         self.live -= 1;
         // SAFETY: the node is still alive: its owner cannot free it before
         // observing the store below, which is our last access (invariant 3).
-        let header = unsafe { ptr.as_ref() }.header();
+        let header = unsafe { header_of(ptr) };
         // SAFETY: guarded by the lock.
         if let Some(unparker) = header.unparker.with_mut(|u| unsafe { (*u).take() }) {
             wakes.push(unparker);
