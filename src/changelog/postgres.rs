@@ -254,20 +254,24 @@ impl Sql {
                  SELECT id FROM input ORDER BY ord"
             ),
             // A batch of removes in one statement: each fence deletes its
-            // row only if it still owns it, like `remove`. The rows are locked
-            // in id order, so two batches never deadlock on each other. The
-            // deleted rows' fences say which removes took effect.
+            // row only if it still owns it, like `remove`; the deleted rows'
+            // fences say which removes took effect. A fence is matched as
+            // one key, `id:generation:owner` (unambiguous: the first two are
+            // digits), so that two fences of one entry in a batch are told
+            // apart. The rows are found through the primary key alone
+            // (`id = ANY`, no join to plan) and locked in id order, so two
+            // batches never deadlock on each other. A row that
+            // another transaction changes meanwhile (a claim) is re-checked
+            // on its newest version, as a plain conditional delete would be.
             remove_many: format!(
-                "WITH gone AS (
-                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])
-                         AS g(id, owner, generation)),
-                 locked AS (
-                     SELECT l.id FROM {log} AS l JOIN gone ON l.id = gone.id
-                     WHERE l.owner = gone.owner AND l.generation = gone.generation
-                     ORDER BY l.id
-                     FOR UPDATE OF l)
-                 DELETE FROM {log} AS l USING locked WHERE l.id = locked.id
-                 RETURNING l.id, l.owner, l.generation"
+                "WITH locked AS (
+                     SELECT id FROM {log}
+                     WHERE id = ANY($1::bigint[])
+                       AND id::text || ':' || generation::text || ':' || owner = ANY($2::text[])
+                     ORDER BY id
+                     FOR UPDATE)
+                 DELETE FROM {log} WHERE id = ANY(ARRAY(SELECT id FROM locked))
+                 RETURNING id, owner, generation"
             ),
             exists_many: format!("SELECT id FROM {log} WHERE id = ANY($1::bigint[])"),
             // Conditional on the fence: a removed, claimed or quarantined
@@ -372,7 +376,39 @@ impl Sql {
 /// Pick it when instances on several machines must recover each other's
 /// work; on one machine, `SqliteChangeLog` needs no server. Requires the
 /// `postgres` feature. Clones share one connection pool; every call is one
-/// statement (one round trip), run on a pooled connection.
+/// statement (one round trip), run on a pooled connection, except that
+/// concurrent `record`s and concurrent `remove`s share theirs (see *Group
+/// commit*).
+///
+/// # Group commit
+///
+/// A handle (with its clones) batches concurrent [`record`](ChangeLog::record)
+/// calls into one statement, and concurrent [`remove`](ChangeLog::remove)
+/// calls into another: one round trip and one transaction for many writers,
+/// which is what bounds a busy log's throughput. A call that finds no
+/// statement of its kind in flight runs its own at once, so a lone writer
+/// waits for nobody; calls that arrive while one is in flight go together
+/// in the next (at most 256 per statement), run by one of their callers.
+/// Each call's outcome is exactly what it would be alone: a record's fence
+/// names its own entry, answered once the statement that inserted it has
+/// committed; a remove reports [`Removal::Removed`], `Fenced` or `Absent`
+/// for its own fence. If the server refuses a batch's statement, which
+/// then changed nothing, each of its calls is retried alone, so only the
+/// one at fault fails; if the connection is lost, every call of the batch
+/// gets the error it would have got alone. Claims, refreshes and fenced
+/// commits are never batched: they conflict on the entry's row as they
+/// always do, and a batched remove locks its rows in id order.
+///
+/// Dropping a call's future never affects the other calls of its batch,
+/// even when the dropped caller was the one running the statement (another
+/// caller of the batch takes it over). The dropped call itself was not run
+/// if its batch had not started, and may have been otherwise: as for any
+/// dropped `record`, its entry may exist, and then goes stale and is
+/// recovered.
+///
+/// A batched record takes its id with `nextval` on the id column's
+/// sequence, which needs `USAGE` on it (the tables' owner has it); without
+/// it, each record of a batch falls back to a statement of its own.
 ///
 /// # Exclusive claims
 ///
@@ -814,11 +850,15 @@ async fn remove_batch(
             .await
             .map_err(|error| BatchFailure::Failed(StoreFailure::from_pool(error)))?;
         let statement = client.prepare_cached(&sql.remove_many).await?;
-        let owners: Vec<&str> = fences.iter().map(|f| f.owner().as_str()).collect();
-        let generations: Vec<i64> = fences.iter().map(|f| to_i64(f.generation())).collect();
-        let rows = client
-            .query(&statement, &[&ids, &owners, &generations])
-            .await?;
+        // The values `remove` compares, as one key per fence.
+        let keys: Vec<String> = fences
+            .iter()
+            .map(|fence| {
+                let (id, owner, generation) = fence_params(fence);
+                format!("{id}:{generation}:{owner}")
+            })
+            .collect();
+        let rows = client.query(&statement, &[&ids, &keys]).await?;
         Ok::<_, BatchFailure>((client, rows))
     };
     let (client, deleted) = match batch.await {
