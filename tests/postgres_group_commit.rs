@@ -428,3 +428,87 @@ async fn dropped_callers_lose_nothing_of_the_others() {
     })
     .await;
 }
+
+/// The connection of a batch in flight is lost (its server process is
+/// terminated): every caller of the batch gets the transient storage error
+/// a lone call gets, none is retried behind its back, and nothing of the
+/// batch is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_fails_every_call_of_its_batch_as_it_fails_one() {
+    let Some(store) =
+        Store::open("a_lost_connection_fails_every_call_of_its_batch_as_it_fails_one").await
+    else {
+        return;
+    };
+    within_limit(async {
+        let log = &store.log;
+        let connect = || async {
+            let (client, connection) =
+                leasehold::tokio_postgres::connect(&store.url, leasehold::tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            client
+        };
+        let (admin, blocker) = (connect().await, connect().await);
+        // Another transaction inserts, and holds uncommitted, the entries
+        // with the ids after the next one: the next record (taking the next
+        // id) goes through, a batch after it (taking the following ids)
+        // waits for that transaction in the server.
+        let table = format!("\"{}\".leasehold_changelog", store.schema);
+        blocker
+            .batch_execute(&format!(
+                "BEGIN;
+                 INSERT INTO {table} (id, owner, generation, refreshed_at, recorded_at, payload)
+                 OVERRIDING SYSTEM VALUE
+                 SELECT coalesce(last_value, 0) + n, 'blocker', 1, now(), now(), ''
+                 FROM pg_sequences, generate_series(2, 40) AS n
+                 WHERE schemaname = '{schema}' AND sequencename = 'leasehold_changelog_id_seq'",
+                schema = store.schema
+            ))
+            .await
+            .unwrap();
+
+        let mut first = record(log, "writer", payload(0));
+        let mut rest: Vec<_> = (1..7).map(|i| record(log, "writer", payload(i))).collect();
+        form_batch(&mut first, &mut rest).await;
+        let batch: Vec<_> = rest.into_iter().map(tokio::spawn).collect();
+        first.await.unwrap();
+        // Lose the batch's connection while it waits.
+        loop {
+            let terminated: i64 = admin
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0
+                       AND strpos(query, 'unnest') > 0 AND pid <> pg_backend_pid()",
+                    &[&store.schema],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if terminated > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        for call in batch {
+            let error = call.await.unwrap().unwrap_err();
+            assert!(
+                matches!(error, ChangeLogError::Storage { .. }) && error.is_transient(),
+                "{error}"
+            );
+        }
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+        // (Read on a connection of our own: the log's pool may still hold
+        // the lost one, which fails the next call that takes it.)
+        let payloads: Vec<Vec<u8>> = admin
+            .query(&format!("SELECT payload FROM {table}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(payloads, [payload(0)], "only the lone record");
+    })
+    .await;
+}

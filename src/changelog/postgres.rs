@@ -392,10 +392,12 @@ impl Sql {
 /// Each call's outcome is exactly what it would be alone: a record's fence
 /// names its own entry, answered once the statement that inserted it has
 /// committed; a remove reports [`Removal::Removed`], `Fenced` or `Absent`
-/// for its own fence. If the server refuses a batch's statement, which
-/// then changed nothing, each of its calls is retried alone, so only the
-/// one at fault fails; if the connection is lost, every call of the batch
-/// gets the error it would have got alone. Claims, refreshes and fenced
+/// for its own fence. If the server refuses a batch's statement (a
+/// permanent error, such as a value it cannot store), which then changed
+/// nothing, each of its calls is retried alone, so only the one at fault
+/// fails; if the store fails (a lost connection, a server shutting down: a
+/// transient [`ChangeLogError::Storage`] or `Busy`), every call of the
+/// batch gets the error, as it would have alone. Claims, refreshes and fenced
 /// commits are never batched: they conflict on the entry's row as they
 /// always do, and a batched remove locks its rows in id order.
 ///
@@ -731,22 +733,27 @@ where
 
 /// Why a batch statement failed, which decides what its operations get.
 enum BatchFailure {
-    /// The server refused it (the error has a SQLSTATE), so it rolled back
-    /// whole and nothing of it is visible: each operation is retried alone,
-    /// and only one at fault fails.
+    /// The server refused the statement itself (a permanent error, e.g. a
+    /// value it cannot store): it rolled back whole, nothing of it is
+    /// visible, and the fault may be one operation's. Each operation is
+    /// retried alone, so only one at fault fails.
     Refused,
-    /// It never reached the server (no connection), or its fate is unknown
-    /// (the connection was lost): every operation gets the error, as each
-    /// would have alone. None is retried: a record may have landed.
+    /// The store failed, not the statement: no connection, a connection
+    /// lost (the statement's fate unknown), a server shutting down, a
+    /// timeout. Every operation gets the error, as each would have alone;
+    /// none is retried (a record may have landed).
     Failed(StoreFailure),
 }
 
 impl From<tokio_postgres::Error> for BatchFailure {
     fn from(error: tokio_postgres::Error) -> Self {
-        if error.code().is_some() {
-            BatchFailure::Refused
-        } else {
-            BatchFailure::Failed(error.into())
+        match StoreFailure::from(error) {
+            failure @ (StoreFailure::Busy(_) | StoreFailure::Unavailable(_)) => {
+                BatchFailure::Failed(failure)
+            }
+            // Permanent classes come only with the server's answer (a
+            // SQLSTATE): the statement failed and rolled back.
+            _ => BatchFailure::Refused,
         }
     }
 }
