@@ -34,7 +34,10 @@
 //!     write + `fdatasync` on a file, two per pair (one per operation when
 //!     each operation commits alone);
 //!   - PostgreSQL: `deadpool`, tokio-postgres + deadpool with the same pool
-//!     size as the log's default, `INSERT … RETURNING id` + `DELETE`.
+//!     size as the log's default, `INSERT … RETURNING id` + `DELETE`. Every
+//!     pair leaves a dead row in its table, so the PostgreSQL contenders
+//!     take turns at each W and every table is vacuumed before each
+//!     measurement: none runs beside autovacuum cleaning up after another.
 //!
 //!   Filter with e.g. `-- group_commit_power_loss`.
 //!
