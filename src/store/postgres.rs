@@ -96,11 +96,6 @@ impl Connect {
         let tables = Tables::new(self.schema.as_deref())?;
         let pool = Pool::builder((self.make_manager)(config))
             .max_size(self.pool_size)
-            // The most recently returned connection first: a store's calls
-            // (a batch of records after a batch of removes, say) keep to a
-            // few warm connections and server processes instead of cycling
-            // through all of them; the rest stay idle.
-            .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(self.connect_timeout))
             .create_timeout(Some(self.connect_timeout))
