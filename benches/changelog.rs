@@ -34,7 +34,10 @@
 //!     write + `fdatasync` on a file, two per pair (one per operation when
 //!     each operation commits alone);
 //!   - PostgreSQL: `deadpool`, tokio-postgres + deadpool with the same pool
-//!     size as the log's default, `INSERT … RETURNING id` + `DELETE`.
+//!     size as the log's default, `INSERT … RETURNING id` + `DELETE`. Every
+//!     pair leaves a dead row in its table, so the PostgreSQL contenders
+//!     take turns at each W and every table is vacuumed before each
+//!     measurement: none runs beside autovacuum cleaning up after another.
 //!
 //!   Filter with e.g. `-- group_commit_power_loss`.
 //!
@@ -253,12 +256,24 @@ fn bench_pairs(
     group: &str,
     contenders: &[Contender],
 ) {
+    bench_pairs_after(c, rt, group, contenders, || {});
+}
+
+/// [`bench_pairs`], calling `prepare` (untimed) before each measurement.
+fn bench_pairs_after(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    contenders: &[Contender],
+    prepare: impl Fn(),
+) {
     let mut g = c.benchmark_group(group);
     for writers in WRITERS {
         for contender in contenders {
             if contender.serial && writers != 1 {
                 continue;
             }
+            prepare();
             g.bench_function(BenchmarkId::new(contender.name, writers), |b| {
                 b.iter_custom(|iters| concurrent_pairs(rt, iters, writers, &contender.pair));
             });
@@ -568,6 +583,12 @@ fn bench_fenced_postgres(
 /// Group commit on PostgreSQL: the log with its default pool, the log with
 /// the previous default of 4 connections, and tokio-postgres + deadpool by
 /// hand with the log's pool size.
+///
+/// Each contender writes its own table, and every row written is deleted, so
+/// each table collects dead rows: a contender measured after others would
+/// share the server's CPU with autovacuum cleaning up after them. So the
+/// contenders take turns at each W, and every table is vacuumed before each
+/// measurement.
 #[cfg(feature = "postgres")]
 fn bench_group_commit_postgres(
     c: &mut Criterion,
@@ -621,6 +642,11 @@ fn bench_group_commit_postgres(
     let delete = Arc::new(format!(
         "DELETE FROM {table} WHERE id = $1 AND owner = $2 AND generation = 1"
     ));
+    let vacuum = format!(
+        "VACUUM \"{schema}_gc\".leasehold_changelog, \"{schema}_gc4\".leasehold_changelog, {table}",
+        schema = pg.schema
+    );
+    let vacuum_pool = pool.clone();
     let by_hand: Pair = Arc::new(move || {
         let (pool, insert, delete) = (pool.clone(), Arc::clone(&insert), Arc::clone(&delete));
         Box::pin(async move {
@@ -640,7 +666,13 @@ fn bench_group_commit_postgres(
                 .unwrap();
         })
     });
-    bench_pairs(
+    let vacuum_all = || {
+        rt.block_on(async {
+            let client = vacuum_pool.get().await.unwrap();
+            client.batch_execute(&vacuum).await.unwrap();
+        });
+    };
+    bench_pairs_after(
         c,
         rt,
         group,
@@ -649,6 +681,7 @@ fn bench_group_commit_postgres(
             Contender::new("deadpool", by_hand),
             Contender::new("leasehold_pool_4", leasehold_pair(&small)),
         ],
+        vacuum_all,
     );
     pool_size
 }

@@ -351,7 +351,9 @@ async fn the_wal_is_checkpointed_and_stays_short_under_a_stream_of_writes() {
         .unwrap()
         .query_row("PRAGMA page_size", [], |row| row.get(0))
         .unwrap();
-    let wal = std::fs::metadata(path.with_extension("db-wal")).unwrap().len();
+    let wal = std::fs::metadata(path.with_extension("db-wal"))
+        .unwrap()
+        .len();
     let frames = wal / (page + 24);
     assert!(
         frames <= 2 * FRAMES,

@@ -6,8 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use deadpool_postgres::{Object, Pool};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, join_all};
 use tokio_postgres::Row;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Socket, Statement};
@@ -21,6 +23,7 @@ use super::{
 use crate::clock::Clock;
 use crate::store::failure::StoreFailure;
 use crate::store::postgres::Connect;
+use crate::store::postgres::group_commit::GroupCommit;
 use crate::sync::Mutex;
 
 const BACKEND: &str = "postgres";
@@ -178,14 +181,18 @@ impl PostgresChangeLogBuilder {
                 &["leasehold_changelog"],
             )
             .await?;
+        let sequence = id_sequence(&pool, &log).await?;
+        let sql = Arc::new(Sql::new(&log, &sequence));
         Ok(PostgresChangeLog {
             shared: Arc::new(Shared {
+                records: group_commit(&pool, &sql, record_batch),
+                removals: group_commit(&pool, &sql, remove_batch),
                 pool,
                 schema: tables.schema().map(str::to_owned),
                 staleness: self.staleness,
                 clock: self.clock,
                 observations: Mutex::new(Observations::default()),
-                sql: Sql::new(&log),
+                sql,
             }),
         })
     }
@@ -195,6 +202,9 @@ impl PostgresChangeLogBuilder {
 /// connection on first use).
 struct Sql {
     record: String,
+    record_many: String,
+    remove_many: String,
+    exists_many: String,
     refresh: String,
     remove: String,
     exists: String,
@@ -211,7 +221,9 @@ struct Sql {
 }
 
 impl Sql {
-    fn new(log: &str) -> Self {
+    /// `sequence`: the qualified name of the id column's sequence.
+    fn new(log: &str, sequence: &str) -> Self {
+        let sequence = sequence.replace('\'', "''");
         let info = format!(
             "SELECT id, owner, generation, claims, payload, quarantined, beat, committed,
                     attempts, failures
@@ -223,6 +235,45 @@ impl Sql {
                  VALUES ($1, 1, now(), now(), $2)
                  RETURNING id"
             ),
+            // A batch of records in one statement. Each input row takes its
+            // id from the column's own sequence in the same row of `input`,
+            // which is evaluated once (it calls a volatile function and is
+            // read twice), so the ids come back in the input's order by
+            // construction, not by any order of insertion or of RETURNING.
+            // (`nextval` needs USAGE on the sequence, which the tables' owner
+            // has; a role without it gets an error here, and every record of
+            // the batch is then retried alone with `record`.)
+            record_many: format!(
+                "WITH input AS (
+                     SELECT nextval('{sequence}'::regclass) AS id, e.owner, e.payload, e.ord
+                     FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS e(owner, payload, ord)),
+                 inserted AS (
+                     INSERT INTO {log} (id, owner, generation, refreshed_at, recorded_at, payload)
+                     OVERRIDING SYSTEM VALUE
+                     SELECT id, owner, 1, now(), now(), payload FROM input)
+                 SELECT id FROM input ORDER BY ord"
+            ),
+            // A batch of removes in one statement: each fence deletes its
+            // row only if it still owns it, like `remove`; the deleted rows'
+            // fences say which removes took effect. A fence is matched as
+            // one key, `id:generation:owner` (unambiguous: the first two are
+            // digits), so that two fences of one entry in a batch are told
+            // apart. The rows are found through the primary key alone
+            // (`id = ANY`, no join to plan) and locked in id order, so two
+            // batches never deadlock on each other. A row that
+            // another transaction changes meanwhile (a claim) is re-checked
+            // on its newest version, as a plain conditional delete would be.
+            remove_many: format!(
+                "WITH locked AS (
+                     SELECT id FROM {log}
+                     WHERE id = ANY($1::bigint[])
+                       AND id::text || ':' || generation::text || ':' || owner = ANY($2::text[])
+                     ORDER BY id
+                     FOR UPDATE)
+                 DELETE FROM {log} WHERE id = ANY(ARRAY(SELECT id FROM locked))
+                 RETURNING id, owner, generation"
+            ),
+            exists_many: format!("SELECT id FROM {log} WHERE id = ANY($1::bigint[])"),
             // Conditional on the fence: a removed, claimed or quarantined
             // entry matches no row, so a late heartbeat can neither recreate
             // nor re-own it. A refresh blocked behind a claimer's row lock is
@@ -325,7 +376,41 @@ impl Sql {
 /// Pick it when instances on several machines must recover each other's
 /// work; on one machine, `SqliteChangeLog` needs no server. Requires the
 /// `postgres` feature. Clones share one connection pool; every call is one
-/// statement (one round trip), run on a pooled connection.
+/// statement (one round trip), run on a pooled connection, except that
+/// concurrent `record`s and concurrent `remove`s share theirs (see *Group
+/// commit*).
+///
+/// # Group commit
+///
+/// A handle (with its clones) batches concurrent [`record`](ChangeLog::record)
+/// calls into one statement, and concurrent [`remove`](ChangeLog::remove)
+/// calls into another: one round trip and one transaction for many writers,
+/// which is what bounds a busy log's throughput. A call that finds no
+/// statement of its kind in flight runs its own at once, so a lone writer
+/// waits for nobody; calls that arrive while one is in flight go together
+/// in the next (at most 256 per statement), run by one of their callers.
+/// Each call's outcome is exactly what it would be alone: a record's fence
+/// names its own entry, answered once the statement that inserted it has
+/// committed; a remove reports [`Removal::Removed`], `Fenced` or `Absent`
+/// for its own fence. If the server refuses a batch's statement (a
+/// permanent error, such as a value it cannot store), which then changed
+/// nothing, each of its calls is retried alone, so only the one at fault
+/// fails; if the store fails (a lost connection, a server shutting down: a
+/// transient [`ChangeLogError::Storage`] or `Busy`), every call of the
+/// batch gets the error, as it would have alone. Claims, refreshes and fenced
+/// commits are never batched: they conflict on the entry's row as they
+/// always do, and a batched remove locks its rows in id order.
+///
+/// Dropping a call's future never affects the other calls of its batch,
+/// even when the dropped caller was the one running the statement (another
+/// caller of the batch takes it over). The dropped call itself was not run
+/// if its batch had not started, and may have been otherwise: as for any
+/// dropped `record`, its entry may exist, and then goes stale and is
+/// recovered.
+///
+/// A batched record takes its id with `nextval` on the id column's
+/// sequence, which needs `USAGE` on it (the tables' owner has it); without
+/// it, each record of a batch falls back to a statement of its own.
 ///
 /// # Exclusive claims
 ///
@@ -395,7 +480,11 @@ struct Shared {
     staleness: Duration,
     clock: Arc<dyn Clock>,
     observations: Mutex<Observations>,
-    sql: Sql,
+    sql: Arc<Sql>,
+    /// Concurrent records, and concurrent removes, each sent as one
+    /// statement.
+    records: GroupCommit<NewEntry, Result<i64, ChangeLogError>>,
+    removals: GroupCommit<Fence, Result<Removal, ChangeLogError>>,
 }
 
 impl PostgresChangeLog {
@@ -581,12 +670,7 @@ impl PostgresChangeLog {
         &self,
         sql: impl Fn(&Sql) -> &str,
     ) -> Result<(Object, Statement), ChangeLogError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql(&self.shared.sql))
-            .await
-            .map_err(pg)?;
-        Ok((client, statement))
+        prepared(&self.shared.pool, sql(&self.shared.sql)).await
     }
 }
 
@@ -597,6 +681,258 @@ impl fmt::Debug for PostgresChangeLog {
             .field("staleness", &self.shared.staleness)
             .finish_non_exhaustive()
     }
+}
+
+/// A pooled connection and `sql`, prepared on it (cached per connection).
+async fn prepared(pool: &Pool, sql: &str) -> Result<(Object, Statement), ChangeLogError> {
+    let client = pool.get().await.map_err(StoreFailure::from_pool)?;
+    let statement = client.prepare_cached(sql).await.map_err(pg)?;
+    Ok((client, statement))
+}
+
+/// The name of the sequence the id column takes its values from.
+async fn id_sequence(pool: &Pool, log: &str) -> Result<String, ChangeLogError> {
+    let client = pool.get().await.map_err(StoreFailure::from_pool)?;
+    let row = client
+        .query_one("SELECT pg_get_serial_sequence($1, 'id')", &[&log])
+        .await
+        .map_err(pg)?;
+    row.get::<_, Option<String>>(0).ok_or_else(|| {
+        StoreFailure::Corrupt(format!("the id column of {log} has no sequence").into()).into()
+    })
+}
+
+/// The most operations one batch statement carries: bounds the statement's
+/// size and the wait of the last caller of a long queue.
+const MAX_BATCH: usize = 256;
+
+/// An entry to record.
+struct NewEntry {
+    owner: OwnerId,
+    payload: Vec<u8>,
+}
+
+/// A batcher whose batches `run` runs on `pool` with `sql`.
+fn group_commit<Op, Out, F>(
+    pool: &Pool,
+    sql: &Arc<Sql>,
+    run: fn(Pool, Arc<Sql>, Vec<Op>) -> F,
+) -> GroupCommit<Op, Result<Out, ChangeLogError>>
+where
+    Op: Send + 'static,
+    Out: Send + 'static,
+    F: Future<Output = Vec<Result<Out, ChangeLogError>>> + Send + 'static,
+{
+    let (pool, sql) = (pool.clone(), Arc::clone(sql));
+    GroupCommit::new(
+        MAX_BATCH,
+        || Err(ChangeLogError::WorkerUnavailable { backend: BACKEND }),
+        Box::new(move |ops| Box::pin(run(pool.clone(), Arc::clone(&sql), ops))),
+    )
+}
+
+/// Why a batch statement failed, which decides what its operations get.
+enum BatchFailure {
+    /// The server refused the statement itself (a permanent error, e.g. a
+    /// value it cannot store): it rolled back whole, nothing of it is
+    /// visible, and the fault may be one operation's. Each operation is
+    /// retried alone, so only one at fault fails.
+    Refused,
+    /// The store failed, not the statement: no connection, a connection
+    /// lost (the statement's fate unknown), a server shutting down, a
+    /// timeout. Every operation gets the error, as each would have alone;
+    /// none is retried (a record may have landed).
+    Failed(StoreFailure),
+}
+
+impl From<tokio_postgres::Error> for BatchFailure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        match StoreFailure::from(error) {
+            failure @ (StoreFailure::Busy(_) | StoreFailure::Unavailable(_)) => {
+                BatchFailure::Failed(failure)
+            }
+            // Permanent classes come only with the server's answer (a
+            // SQLSTATE): the statement failed and rolled back.
+            _ => BatchFailure::Refused,
+        }
+    }
+}
+
+/// `failure`, for each of `n` operations.
+fn failed<T>(failure: StoreFailure, n: usize) -> Vec<Result<T, ChangeLogError>> {
+    failure
+        .copies(n)
+        .into_iter()
+        .map(|failure| Err(failure.into()))
+        .collect()
+}
+
+/// Records one entry; its id.
+async fn record_one(pool: &Pool, sql: &Sql, entry: &NewEntry) -> Result<i64, ChangeLogError> {
+    let (client, statement) = prepared(pool, &sql.record).await?;
+    // An autocommit statement: committed when the row comes back.
+    let row = client
+        .query_one(&statement, &[&entry.owner.as_str(), &entry.payload])
+        .await
+        .map_err(pg)?;
+    Ok(row.get(0))
+}
+
+/// Records a batch of entries in one statement; each one's id, in order.
+async fn record_batch(
+    pool: Pool,
+    sql: Arc<Sql>,
+    entries: Vec<NewEntry>,
+) -> Vec<Result<i64, ChangeLogError>> {
+    if let [entry] = &entries[..] {
+        return vec![record_one(&pool, &sql, entry).await];
+    }
+    let batch = async {
+        let client = pool
+            .get()
+            .await
+            .map_err(|error| BatchFailure::Failed(StoreFailure::from_pool(error)))?;
+        let statement = client.prepare_cached(&sql.record_many).await?;
+        let owners: Vec<&str> = entries.iter().map(|e| e.owner.as_str()).collect();
+        let payloads: Vec<&[u8]> = entries.iter().map(|e| e.payload.as_slice()).collect();
+        // An autocommit statement: every entry is committed when the ids
+        // come back, or none is.
+        let rows = client.query(&statement, &[&owners, &payloads]).await?;
+        Ok::<_, BatchFailure>(rows.iter().map(|row| row.get(0)).collect::<Vec<i64>>())
+    };
+    match batch.await {
+        Ok(ids) if ids.len() == entries.len() => ids.into_iter().map(Ok).collect(),
+        Ok(ids) => failed(
+            StoreFailure::Rejected(
+                format!(
+                    "a batched record returned {} ids for {} entries",
+                    ids.len(),
+                    entries.len()
+                )
+                .into(),
+            ),
+            entries.len(),
+        ),
+        Err(BatchFailure::Refused) => {
+            join_all(entries.iter().map(|entry| record_one(&pool, &sql, entry))).await
+        }
+        Err(BatchFailure::Failed(failure)) => failed(failure, entries.len()),
+    }
+}
+
+/// Removes one entry if `fence` owns it.
+async fn remove_one(pool: &Pool, sql: &Sql, fence: &Fence) -> Result<Removal, ChangeLogError> {
+    let (client, statement) = prepared(pool, &sql.remove).await?;
+    let (id, owner, generation) = fence_params(fence);
+    let deleted = client
+        .execute(&statement, &[&id, &owner, &generation])
+        .await
+        .map_err(pg)?;
+    if deleted == 1 {
+        return Ok(Removal::Removed);
+    }
+    let exists = client.prepare_cached(&sql.exists).await.map_err(pg)?;
+    let row = client.query_one(&exists, &[&id]).await.map_err(pg)?;
+    Ok(if row.get(0) {
+        Removal::Fenced
+    } else {
+        Removal::Absent
+    })
+}
+
+/// Removes a batch of entries in one statement, each if its fence owns it;
+/// each one's outcome, in order.
+async fn remove_batch(
+    pool: Pool,
+    sql: Arc<Sql>,
+    fences: Vec<Fence>,
+) -> Vec<Result<Removal, ChangeLogError>> {
+    if let [fence] = &fences[..] {
+        return vec![remove_one(&pool, &sql, fence).await];
+    }
+    let ids: Vec<i64> = fences.iter().map(|f| to_i64(f.id().get())).collect();
+    let batch = async {
+        let client = pool
+            .get()
+            .await
+            .map_err(|error| BatchFailure::Failed(StoreFailure::from_pool(error)))?;
+        let statement = client.prepare_cached(&sql.remove_many).await?;
+        // The values `remove` compares, as one key per fence.
+        let keys: Vec<String> = fences
+            .iter()
+            .map(|fence| {
+                let (id, owner, generation) = fence_params(fence);
+                format!("{id}:{generation}:{owner}")
+            })
+            .collect();
+        let rows = client.query(&statement, &[&ids, &keys]).await?;
+        Ok::<_, BatchFailure>((client, rows))
+    };
+    let (client, deleted) = match batch.await {
+        Ok(done) => done,
+        Err(BatchFailure::Refused) => {
+            return join_all(fences.iter().map(|fence| remove_one(&pool, &sql, fence))).await;
+        }
+        Err(BatchFailure::Failed(failure)) => return failed(failure, fences.len()),
+    };
+    // Each deleted row answers the first remove of its exact fence (ids are
+    // unique, so the fence names the caller; a second remove of the same
+    // fence in the batch finds the row gone, as it would after the first).
+    let mut by_id: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        by_id.entry(*id).or_default().push(i);
+    }
+    let mut outcomes: Vec<Option<Result<Removal, ChangeLogError>>> =
+        std::iter::repeat_with(|| None).take(fences.len()).collect();
+    for row in &deleted {
+        let (id, owner, generation): (i64, &str, i64) = (row.get(0), row.get(1), row.get(2));
+        let removed = by_id.get(&id).into_iter().flatten().find(|&&i| {
+            outcomes[i].is_none()
+                && fences[i].owner().as_str() == owner
+                && to_i64(fences[i].generation()) == generation
+        });
+        if let Some(&i) = removed {
+            outcomes[i] = Some(Ok(Removal::Removed));
+        }
+    }
+    // The others matched no row: already gone (no row), or someone else's
+    // now (a row whose fence differs), told apart as `remove` does.
+    let rest: Vec<usize> = (0..fences.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    if !rest.is_empty() {
+        let rest_ids: Vec<i64> = rest.iter().map(|&i| ids[i]).collect();
+        let existing = async {
+            let statement = client.prepare_cached(&sql.exists_many).await?;
+            let rows = client.query(&statement, &[&rest_ids]).await?;
+            Ok::<_, tokio_postgres::Error>(
+                rows.iter()
+                    .map(|row| row.get::<_, i64>(0))
+                    .collect::<std::collections::HashSet<_>>(),
+            )
+        };
+        match existing.await {
+            Ok(existing) => {
+                for &i in &rest {
+                    outcomes[i] = Some(Ok(if existing.contains(&ids[i]) {
+                        Removal::Fenced
+                    } else {
+                        Removal::Absent
+                    }));
+                }
+            }
+            Err(error) => {
+                let copies = StoreFailure::from(error).copies(rest.len());
+                for (&i, failure) in rest.iter().zip(copies) {
+                    outcomes[i] = Some(Err(failure.into()));
+                }
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every remove answered"))
+        .collect()
 }
 
 fn to_u32(value: i32) -> u32 {
@@ -625,17 +961,15 @@ impl ChangeLog for PostgresChangeLog {
     }
 
     async fn record(&self, owner: &OwnerId, payload: Vec<u8>) -> Result<Fence, ChangeLogError> {
-        let (client, statement) = self.prepared(|s| &s.record).await?;
-        // An autocommit statement: committed when the row comes back.
-        let row = client
-            .query_one(&statement, &[&owner.as_str(), &payload])
-            .await
-            .map_err(pg)?;
-        Ok(Fence::new(
-            EntryId::new(to_u64(row.get(0))),
-            owner.clone(),
-            1,
-        ))
+        let id = self
+            .shared
+            .records
+            .submit(NewEntry {
+                owner: owner.clone(),
+                payload,
+            })
+            .await?;
+        Ok(Fence::new(EntryId::new(to_u64(id)), owner.clone(), 1))
     }
 
     async fn refresh(&self, fence: &Fence) -> Result<Ownership, ChangeLogError> {
@@ -649,26 +983,11 @@ impl ChangeLog for PostgresChangeLog {
     }
 
     async fn remove(&self, fence: &Fence) -> Result<Removal, ChangeLogError> {
-        let (client, statement) = self.prepared(|s| &s.remove).await?;
-        let (id, owner, generation) = fence_params(fence);
-        let deleted = client
-            .execute(&statement, &[&id, &owner, &generation])
-            .await
-            .map_err(pg)?;
-        if deleted == 1 {
+        let removal = self.shared.removals.submit(fence.clone()).await?;
+        if removal == Removal::Removed {
             self.shared.observations.lock().forget(fence.id().get());
-            return Ok(Removal::Removed);
         }
-        let exists = client
-            .prepare_cached(&self.shared.sql.exists)
-            .await
-            .map_err(pg)?;
-        let row = client.query_one(&exists, &[&id]).await.map_err(pg)?;
-        Ok(if row.get(0) {
-            Removal::Fenced
-        } else {
-            Removal::Absent
-        })
+        Ok(removal)
     }
 
     async fn claim_stale(

@@ -6,6 +6,7 @@
 //! `Busy` and `Unavailable` are transient, every other class permanent.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::heartbeat::BoxError;
 
@@ -44,22 +45,74 @@ impl StoreFailure {
     /// `self`, with `context` prefixed to its message: the source stays the
     /// driver's error.
     pub(crate) fn context(self, context: impl Into<String>) -> Self {
-        let wrap = |source| -> BoxError {
-            Box::new(Context {
+        match self.into_parts() {
+            Ok((make, source)) => make(Box::new(Context {
                 context: context.into(),
                 source,
-            })
-        };
-        match self {
-            StoreFailure::Busy(source) => StoreFailure::Busy(wrap(source)),
-            StoreFailure::Unavailable(source) => StoreFailure::Unavailable(wrap(source)),
-            StoreFailure::Corrupt(source) => StoreFailure::Corrupt(wrap(source)),
-            StoreFailure::PermissionDenied(source) => StoreFailure::PermissionDenied(wrap(source)),
-            StoreFailure::CannotOpen(source) => StoreFailure::CannotOpen(wrap(source)),
-            StoreFailure::TooBig(source) => StoreFailure::TooBig(wrap(source)),
-            StoreFailure::Rejected(source) => StoreFailure::Rejected(wrap(source)),
-            other => other,
+            })),
+            Err(other) => other,
         }
+    }
+
+    /// `n` copies of `self`, for the `n` operations of a batch that failed
+    /// together: the same class, each with the same driver error (shared)
+    /// as its source.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn copies(self, n: usize) -> Vec<StoreFailure> {
+        match self.into_parts() {
+            Ok((make, source)) => {
+                let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(source);
+                (0..n)
+                    .map(|_| make(Box::new(Shared(Arc::clone(&source)))))
+                    .collect()
+            }
+            // The two variants without a source.
+            Err(other) => (0..n)
+                .map(|_| match &other {
+                    StoreFailure::SchemaTooNew { found, supported } => StoreFailure::SchemaTooNew {
+                        found: *found,
+                        supported: *supported,
+                    },
+                    StoreFailure::Config(reason) => StoreFailure::Config(reason.clone()),
+                    _ => unreachable!("every other variant keeps a source"),
+                })
+                .collect(),
+        }
+    }
+
+    /// The variant and the driver's error, for the variants that keep one;
+    /// `self` for the others.
+    fn into_parts(self) -> Result<(Variant, BoxError), StoreFailure> {
+        match self {
+            StoreFailure::Busy(source) => Ok((StoreFailure::Busy, source)),
+            StoreFailure::Unavailable(source) => Ok((StoreFailure::Unavailable, source)),
+            StoreFailure::Corrupt(source) => Ok((StoreFailure::Corrupt, source)),
+            StoreFailure::PermissionDenied(source) => Ok((StoreFailure::PermissionDenied, source)),
+            StoreFailure::CannotOpen(source) => Ok((StoreFailure::CannotOpen, source)),
+            StoreFailure::TooBig(source) => Ok((StoreFailure::TooBig, source)),
+            StoreFailure::Rejected(source) => Ok((StoreFailure::Rejected, source)),
+            other => Err(other),
+        }
+    }
+}
+
+/// A variant of [`StoreFailure`] that keeps the driver's error.
+type Variant = fn(BoxError) -> StoreFailure;
+
+/// One driver error shown by several failures: displays as the error, and
+/// has its source.
+#[derive(Debug)]
+struct Shared(Arc<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Display for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 

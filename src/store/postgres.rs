@@ -1,10 +1,13 @@
 //! What the PostgreSQL backends share: how to connect (a `deadpool-postgres`
 //! pool over `tokio-postgres`), where their tables live (an optional schema),
 //! how their schema versions are created and checked under an advisory lock,
-//! and how driver errors are classified.
+//! how driver errors are classified, and group commit (concurrent operations
+//! of one kind sent as one statement).
 //!
 //! Crate-private; the public faces are `changelog::PostgresChangeLog` and
 //! `recovery::PostgresProgressStore`.
+
+pub(crate) mod group_commit;
 
 use std::fmt;
 use std::sync::Arc;
