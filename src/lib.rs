@@ -186,7 +186,7 @@ pub mod heartbeat;
 pub mod lease;
 pub mod recovery;
 pub mod status;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", loom))]
 mod store;
 mod sync;
 mod trace;
@@ -222,4 +222,38 @@ pub mod __loom {
     }
 
     pub use crate::lease::LeaseProtocol;
+
+    /// One batch's statement, as a runner returns it.
+    pub type Statement<Out> =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Out>> + Send + 'static>>;
+
+    /// The caller-driven batcher of the PostgreSQL tables (`store::batch`),
+    /// which is crate-private: this forwards to it unchanged.
+    #[allow(missing_debug_implementations)]
+    pub struct GroupCommit<Op: Send + 'static, Out: Send + 'static>(
+        crate::store::batch::GroupCommit<Op, Out>,
+    );
+
+    impl<Op: Send + 'static, Out: Send + 'static> GroupCommit<Op, Out> {
+        /// A batcher of at most `max_batch` operations a batch, run by `run`
+        /// (one output per operation, in order); `lost` answers the callers
+        /// of a batch whose runner panicked.
+        pub fn new(
+            max_batch: usize,
+            lost: fn() -> Out,
+            run: impl Fn(Vec<Op>) -> Statement<Out> + Send + Sync + 'static,
+        ) -> Self {
+            Self(crate::store::batch::GroupCommit::new(
+                max_batch,
+                lost,
+                Box::new(run),
+            ))
+        }
+
+        /// Runs `op` alone at once if no batch is in flight, else in a later
+        /// batch, and yields its output.
+        pub async fn submit(&self, op: Op) -> Out {
+            self.0.submit(op).await
+        }
+    }
 }

@@ -21,9 +21,9 @@ use super::{
     to_u64,
 };
 use crate::clock::Clock;
+use crate::store::batch::GroupCommit;
 use crate::store::failure::StoreFailure;
 use crate::store::postgres::Connect;
-use crate::store::postgres::group_commit::GroupCommit;
 use crate::sync::Mutex;
 
 const BACKEND: &str = "postgres";

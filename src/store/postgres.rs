@@ -1,13 +1,12 @@
 //! What the PostgreSQL backends share: how to connect (a `deadpool-postgres`
 //! pool over `tokio-postgres`), where their tables live (an optional schema),
 //! how their schema versions are created and checked under an advisory lock,
-//! how driver errors are classified, and group commit (concurrent operations
-//! of one kind sent as one statement).
+//! and how driver errors are classified. Their group commit (concurrent
+//! operations of one kind sent as one statement) is the generic batcher in
+//! `store::batch`.
 //!
 //! Crate-private; the public faces are `changelog::PostgresChangeLog` and
 //! `recovery::PostgresProgressStore`.
-
-pub(crate) mod group_commit;
 
 use std::fmt;
 use std::sync::Arc;

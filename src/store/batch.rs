@@ -1,5 +1,7 @@
 //! Group commit for the PostgreSQL stores: concurrent operations of one kind
 //! sent to the server as one statement (one round trip, one transaction).
+//! The batcher itself is generic (the runner is any async function of a
+//! batch), so it is also compiled, without any backend, for the loom models.
 //!
 //! There is no writer task or thread. The first caller to find no batch in
 //! flight runs its own operation at once, alone: a lone caller waits for
