@@ -21,6 +21,8 @@
 #[cfg(feature = "postgres")]
 #[path = "support/postgres.rs"]
 mod pg_support;
+#[path = "support/preload.rs"]
+mod preload;
 #[path = "support/tiered.rs"]
 mod tiered;
 
@@ -46,26 +48,7 @@ struct WallClock {
 
 impl WallClock {
     fn new(work: &Path) -> Self {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/clock_shift.c");
-        let library = work.join("libclock_shift.so");
-        let compiled = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O2", "-o"])
-            .arg(&library)
-            .arg(&source)
-            .arg("-ldl")
-            .output()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot run the C compiler `cc` to build the clock shim ({error}): \
-                     this test needs one (CI has gcc)"
-                )
-            });
-        assert!(
-            compiled.status.success(),
-            "compiling {}: {}",
-            source.display(),
-            String::from_utf8_lossy(&compiled.stderr)
-        );
+        let library = preload::build_shim("clock_shift", work);
         let path = work.join("clock-offset");
         let file = std::fs::File::create(&path).unwrap();
         file.write_all_at(&0_i64.to_ne_bytes(), 0).unwrap();

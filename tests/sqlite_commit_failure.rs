@@ -26,6 +26,9 @@ use leasehold::changelog::{
 };
 use leasehold::clock::ManualClock;
 
+#[path = "support/preload.rs"]
+mod preload;
+
 const FLAG_VAR: &str = "LEASEHOLD_FSYNC_FAULT_FLAG";
 const DIR_VAR: &str = "LEASEHOLD_FSYNC_FAULT_DIR";
 const CHILD: &str = "batch_commit_failure_child";
@@ -36,7 +39,7 @@ const BATCH: usize = 8;
 #[test]
 fn every_operation_of_a_batch_whose_commit_fails_gets_the_error() {
     let work = tempfile::tempdir().unwrap();
-    let library = build_shim(work.path());
+    let library = preload::build_shim("fsync_fault", work.path());
     let output = Command::new(std::env::current_exe().unwrap())
         .args([CHILD, "--exact", "--nocapture", "--test-threads=1"])
         .env("LD_PRELOAD", &library)
@@ -183,28 +186,4 @@ fn check_shim(flag: &Path, dir: &Path) {
     assert_eq!(error.raw_os_error(), Some(5), "EIO expected: {error}");
     std::fs::remove_file(flag).unwrap();
     file.sync_all().unwrap();
-}
-
-fn build_shim(work: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fsync_fault.c");
-    let library = work.join("libfsync_fault.so");
-    let compiled = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&library)
-        .arg(&source)
-        .arg("-ldl")
-        .output()
-        .unwrap_or_else(|error| {
-            panic!(
-                "cannot run the C compiler `cc` to build the fsync shim ({error}): \
-                 this test needs one (CI has gcc)"
-            )
-        });
-    assert!(
-        compiled.status.success(),
-        "compiling {}: {}",
-        source.display(),
-        String::from_utf8_lossy(&compiled.stderr)
-    );
-    library
 }
