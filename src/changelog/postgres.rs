@@ -758,6 +758,16 @@ impl From<tokio_postgres::Error> for BatchFailure {
     }
 }
 
+/// A pooled connection and a batch statement, prepared on it.
+async fn batch_prepared(pool: &Pool, sql: &str) -> Result<(Object, Statement), BatchFailure> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|error| BatchFailure::Failed(StoreFailure::from_pool(error)))?;
+    let statement = client.prepare_cached(sql).await?;
+    Ok((client, statement))
+}
+
 /// `failure`, for each of `n` operations.
 fn failed<T>(failure: StoreFailure, n: usize) -> Vec<Result<T, ChangeLogError>> {
     failure
@@ -788,11 +798,7 @@ async fn record_batch(
         return vec![record_one(&pool, &sql, entry).await];
     }
     let batch = async {
-        let client = pool
-            .get()
-            .await
-            .map_err(|error| BatchFailure::Failed(StoreFailure::from_pool(error)))?;
-        let statement = client.prepare_cached(&sql.record_many).await?;
+        let (client, statement) = batch_prepared(&pool, &sql.record_many).await?;
         let owners: Vec<&str> = entries.iter().map(|e| e.owner.as_str()).collect();
         let payloads: Vec<&[u8]> = entries.iter().map(|e| e.payload.as_slice()).collect();
         // An autocommit statement: every entry is committed when the ids
@@ -852,11 +858,7 @@ async fn remove_batch(
     }
     let ids: Vec<i64> = fences.iter().map(|f| to_i64(f.id().get())).collect();
     let batch = async {
-        let client = pool
-            .get()
-            .await
-            .map_err(|error| BatchFailure::Failed(StoreFailure::from_pool(error)))?;
-        let statement = client.prepare_cached(&sql.remove_many).await?;
+        let (client, statement) = batch_prepared(&pool, &sql.remove_many).await?;
         // The values `remove` compares, as one key per fence.
         let keys: Vec<String> = fences
             .iter()
