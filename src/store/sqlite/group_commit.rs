@@ -270,7 +270,7 @@ impl Inner {
         let mut last_batch = 0_usize;
         let mut last_commit = Duration::ZERO;
         loop {
-            let (batch, checkpoint) = {
+            let (batch, mut checkpoint) = {
                 let mut queue = self.queue.lock();
                 while queue.jobs.is_empty() && !queue.checkpoint_due && !queue.closed {
                     self.wake.wait(&mut queue);
@@ -300,7 +300,6 @@ impl Inner {
             let conn = self.conn.lock();
             let started = std::time::Instant::now();
             last_batch = batch.len();
-            let mut checkpoint = checkpoint;
             let mut jobs = batch.into_iter().peekable();
             while jobs.peek().is_some() {
                 match Transaction::new_unchecked(&conn, TransactionBehavior::Immediate) {
