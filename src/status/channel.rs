@@ -2,6 +2,9 @@
 //! and [`SyncReceiver`].
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use super::slot::OutcomeSlot;
@@ -9,7 +12,7 @@ use super::{Outcome, SyncOutcome, SyncStatus, TimedOut};
 use crate::WatchCell;
 use crate::sync::Arc;
 use crate::watch_cell::{Closed, WaitTimeoutError};
-use crate::watch_cell::{WakeList, WatchIndex};
+use crate::watch_cell::{IndexWait, WakeList, WatchIndex};
 
 /// Creates a status channel: one [`SyncPublisher`] that publishes the outcome
 /// exactly once, and a first [`SyncReceiver`] (clone it, or call
@@ -279,16 +282,14 @@ impl<O> SyncReceiver<O> {
     /// assert_eq!(waiter.await.unwrap(), SyncOutcome::Cancelled);
     /// # }
     /// ```
-    pub async fn done(&self) -> O
+    pub fn done(&self) -> impl Future<Output = O> + '_
     where
         O: Clone + Send + 'static,
     {
-        self.channel
-            .done
-            .wait_at_least(true)
-            .await
-            .unwrap_or_else(never_closed);
-        self.published()
+        Done {
+            wait: self.channel.done.wait(true),
+            receiver: self,
+        }
     }
 
     /// Blocks the current thread until the outcome is published, and
@@ -370,6 +371,32 @@ impl<O> SyncReceiver<O> {
             .blocking_wait_at_least_timeout(true, timeout)
             .map_err(timed_out)?;
         Ok(self.published())
+    }
+}
+
+/// The future of [`SyncReceiver::done`]: the index wait, then a read of the
+/// slot. Written out rather than an `async fn` or a combinator so the task
+/// that holds it stays small (72 bytes: the wait and one reference) and
+/// its poll inlines into the task's.
+struct Done<'a, O> {
+    wait: IndexWait<'a, bool, bool>,
+    receiver: &'a SyncReceiver<O>,
+}
+
+impl<O: Clone> Future for Done<'_, O> {
+    type Output = O;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
+        // SAFETY: `wait` is pinned structurally: it is never moved out of
+        // `self`, `Done` has no `Drop` and is `!Unpin` through it; the
+        // reference is `Unpin` and only copied.
+        let (wait, receiver) = unsafe {
+            let this = self.get_unchecked_mut();
+            (Pin::new_unchecked(&mut this.wait), this.receiver)
+        };
+        ready!(wait.poll(cx)).unwrap_or_else(never_closed);
+        Poll::Ready(receiver.published())
     }
 }
 

@@ -294,6 +294,12 @@ where
     /// # }
     /// ```
     pub fn wait_at_least(&self, k: K) -> impl Future<Output = Result<K, Closed>> + '_ {
+        self.wait(k)
+    }
+
+    /// [`wait_at_least`](Self::wait_at_least), as a future the crate can
+    /// name and embed.
+    pub(crate) fn wait(&self, k: K) -> IndexWait<'_, T, K> {
         IndexWait {
             index: self,
             node: IndexWaiter::new(k),
@@ -570,7 +576,7 @@ enum Phase {
 }
 
 /// The future of [`WatchIndex::wait_at_least`].
-struct IndexWait<'a, T, K: Ord + Clone + Send + 'static> {
+pub(crate) struct IndexWait<'a, T, K: Ord + Clone + Send + 'static> {
     index: &'a WatchIndex<T, K>,
     node: IndexWaiter<K>,
     phase: Phase,
@@ -584,6 +590,7 @@ unsafe impl<T, K: Ord + Clone + Send + 'static> Sync for IndexWait<'_, T, K> {}
 impl<T, K: Ord + Clone + Send + 'static> Future for IndexWait<'_, T, K> {
     type Output = Result<K, Closed>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // An always-ready wait in a loop must still let the scheduler run
         // other tasks: a first poll spends tokio's task budget, yielding

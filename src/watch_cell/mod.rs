@@ -123,6 +123,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
 pub use error::{Closed, WaitTimeoutError};
+pub(crate) use index::IndexWait;
 pub use index::WatchIndex;
 
 use crate::sync::{Arc, Mutex};

@@ -24,14 +24,19 @@ type Link<K> = Option<NonNull<IndexWaiter<K>>>;
 /// A threshold waiter, pinned in its owner. The fields a completing
 /// modifier writes and the owner then reads (state, output, unparker) come
 /// first, so that for small keys they share a cache line with the link the
-/// modifier follows next. (Aligning the node to a cache line measured no
-/// faster, and made every task that holds one an over-aligned allocation.)
+/// modifier follows next; the threshold sits beside the state and output,
+/// in what would otherwise be padding for small keys (a node with a `bool`
+/// or `u32` key is 48 bytes, not 56: every byte of a wait future counts
+/// in a task that holds one). (Aligning the node to a cache line measured
+/// no faster, and made every task that holds one an over-aligned
+/// allocation.)
 #[repr(C)]
 pub(in crate::watch_cell) struct IndexWaiter<K> {
     /// `IDLE`, `WAITING`, `SATISFIED` or `CLOSED` (invariant 1).
     state: AtomicU8,
     /// Written by the completing modifier before its `Release` store.
     output: UnsafeCell<Option<K>>,
+    threshold: K,
     /// Guarded by the lock while `WAITING`.
     unparker: UnsafeCell<Option<Unparker>>,
     /// The next (younger) node of the same threshold; guarded by the lock,
@@ -39,7 +44,6 @@ pub(in crate::watch_cell) struct IndexWaiter<K> {
     next: UnsafeCell<Link<K>>,
     /// The previous (older) node of the same threshold; as `next`.
     prev: UnsafeCell<Link<K>>,
-    threshold: K,
     _pinned: PhantomPinned,
 }
 
@@ -55,10 +59,10 @@ impl<K> IndexWaiter<K> {
         Self {
             state: AtomicU8::new(IDLE),
             output: UnsafeCell::new(None),
+            threshold,
             unparker: UnsafeCell::new(None),
             next: UnsafeCell::new(None),
             prev: UnsafeCell::new(None),
-            threshold,
             _pinned: PhantomPinned,
         }
     }
