@@ -565,6 +565,46 @@ fn panicking_waker_does_not_strand_the_other_satisfied_waiters() {
     assert_eq!(cell.stats().waiters, 0);
 }
 
+#[test]
+fn wakers_panicking_in_the_middle_of_a_bulk_wake_up_strand_no_one() {
+    // Every other waiter's waker panics: the first panic leaves the
+    // modification once the others after it were woken, and the second,
+    // raised while the first unwinds, is caught rather than aborting.
+    let cell = WatchCell::new(0_u32);
+    let panicking = Waker::from(Arc::new(PanickingWaker));
+    let mut waits: Vec<_> = (0..9)
+        .map(|_| Box::pin(cell.wait_for(|v| *v == 1)))
+        .collect();
+    let mut counters = Vec::new();
+    for (i, wait) in waits.iter_mut().enumerate() {
+        let waker = if i % 2 == 1 {
+            panicking.clone()
+        } else {
+            let (counter, waker) = counting_waker();
+            counters.push(counter);
+            waker
+        };
+        assert!(
+            wait.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+    }
+    let modification = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cell.modify(|v| *v = 1);
+    }));
+    let payload = modification.unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"waker failed"));
+    for counter in &counters {
+        assert_eq!(wakes(counter), 1);
+    }
+    let noop = &mut Context::from_waker(Waker::noop());
+    for wait in &mut waits {
+        assert_eq!(wait.as_mut().poll(noop), Poll::Ready(Ok(())));
+    }
+    assert_eq!(cell.stats().waiters, 0);
+}
+
 /// What a [`reentrant_waker`] did, and the cell it touches.
 struct Reentrant {
     cell: WatchCell<u32>,
