@@ -4,10 +4,12 @@
 //! the time from `WatchCell::close` until N `wait_for` waiters have all
 //! returned `Closed` (`watch_cell_close`), against the same peers.
 //!
-//! Each iteration parks N waiter tasks on a current-thread runtime (untimed),
+//! Each round parks N waiter tasks on a current-thread runtime (untimed),
 //! then times the publication and the runtime's running of every woken
-//! waiter until the last one has its outcome. A ratio table against
-//! `leasehold` is printed at the end.
+//! waiter until the last one has its outcome. Every iteration runs one
+//! round of each peer, side by side (see `timed_rounds`); criterion reports
+//! each peer's own time, and a ratio table over all the rounds is printed
+//! at the end.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -129,36 +131,48 @@ fn round(peer: &str, n: usize, ready: &Arc<AtomicUsize>, remaining: &Arc<AtomicU
     }
 }
 
-/// Runs `iters` rounds and returns the time spent from publication until
-/// every waiter observed the outcome.
-async fn timed_rounds(peer: &'static str, n: usize, iters: u64) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        let ready = Arc::new(AtomicUsize::new(0));
-        let remaining = Arc::new(AtomicUsize::new(n));
-        let Round { waiters, publish } = round(peer, n, &ready, &remaining);
-        let handles: Vec<_> = waiters.into_iter().map(tokio::spawn).collect();
-        while ready.load(Ordering::Relaxed) < n {
-            tokio::task::yield_now().await;
-        }
-        let start = Instant::now();
-        publish();
-        while remaining.load(Ordering::Acquire) > 0 {
-            tokio::task::yield_now().await;
-        }
-        total += start.elapsed();
-        for handle in handles {
-            handle.await.unwrap();
+/// One round of `peer`: the time from publication until every waiter
+/// observed the outcome.
+async fn timed_round(peer: &str, n: usize) -> Duration {
+    let ready = Arc::new(AtomicUsize::new(0));
+    let remaining = Arc::new(AtomicUsize::new(n));
+    let Round { waiters, publish } = round(peer, n, &ready, &remaining);
+    let handles: Vec<_> = waiters.into_iter().map(tokio::spawn).collect();
+    while ready.load(Ordering::Relaxed) < n {
+        tokio::task::yield_now().await;
+    }
+    let start = Instant::now();
+    publish();
+    while remaining.load(Ordering::Acquire) > 0 {
+        tokio::task::yield_now().await;
+    }
+    let elapsed = start.elapsed();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    elapsed
+}
+
+/// Runs `iters` iterations and returns `measured`'s time. Each iteration
+/// runs one round of every peer, in an order that rotates, and every
+/// peer's time goes into the ratio table: the peers are measured round by
+/// round, side by side, so the host's drift (this machine is small and
+/// shared) falls on all of them alike rather than on whichever criterion
+/// happens to be measuring.
+async fn timed_rounds(measured: &'static str, n: usize, iters: u64) -> Duration {
+    let mut totals = [Duration::ZERO; PEERS.len()];
+    for iter in 0..iters {
+        for k in 0..PEERS.len() {
+            let peer = (iter as usize + k) % PEERS.len();
+            totals[peer] += timed_round(PEERS[peer], n).await;
         }
     }
-    let per_iter = total.as_secs_f64() * 1e9 / iters.max(1) as f64;
-    SAMPLES
-        .lock()
-        .unwrap()
-        .entry((peer, n))
-        .or_default()
-        .push(per_iter);
-    total
+    let mut samples = SAMPLES.lock().unwrap();
+    for (peer, total) in PEERS.iter().zip(totals) {
+        let per_iter = total.as_secs_f64() * 1e9 / iters.max(1) as f64;
+        samples.entry((peer, n)).or_default().push(per_iter);
+    }
+    totals[PEERS.iter().position(|p| *p == measured).unwrap()]
 }
 
 fn publish_until_all_observed(c: &mut Criterion) {
@@ -186,7 +200,7 @@ fn print_ratio_table() {
     let mut samples = SAMPLES.lock().unwrap();
     println!();
     println!(
-        "publish (or close) -> all N waiters observed it (median of per-sample means; speed vs Notify = Notify time / our time, >= 1.0 is as fast or faster)"
+        "publish (or close) -> all N waiters observed it (peers measured side by side, round by round; median of per-sample means; speed vs Notify = Notify time / our time, >= 1.0 is as fast or faster)"
     );
     println!();
     println!(
