@@ -59,6 +59,7 @@ where
 {
     type Output = Result<P::Output, Closed>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // An always-ready wait in a loop must still let the scheduler run
         // other tasks: a first poll spends tokio's task budget, yielding

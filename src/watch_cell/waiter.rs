@@ -542,13 +542,17 @@ impl<T> WaiterList<T> {
     /// Completes every registered node as `CLOSED`, oldest first.
     pub(super) fn close_all(&mut self, wakes: &mut WakeList) {
         wakes.reserve(self.live);
-        for index in 0..self.slots.len() {
-            if self.slots[index].is_some() {
-                // SAFETY: `&mut self` means we hold the lock.
-                unsafe { self.complete(index, CLOSED, wakes) };
+        self.live = 0;
+        for ptr in self.slots.drain(..).flatten() {
+            // SAFETY: `&mut self` means we hold the lock, and a registered
+            // node is alive until it observes the store below, our last
+            // access (invariant 3); the unparker is guarded by the lock.
+            let header = unsafe { header_of(ptr) };
+            if let Some(unparker) = header.unparker.with_mut(|u| unsafe { (*u).take() }) {
+                wakes.push(unparker);
             }
+            header.state.store(CLOSED, Ordering::Release);
         }
-        self.slots.clear();
     }
 
     /// Removes the node at `index` (leaving a hole), moves its unparker to
