@@ -630,7 +630,9 @@ impl<T, K: Ord + Clone + Send + 'static> Future for IndexWait<'_, T, K> {
                 }
             }
             Phase::Registered => {
-                if this.index.still_waiting(&this.node, cx.waker()) {
+                // The common case, a completed node, without a call.
+                if this.node.state() == WAITING && this.index.still_waiting(&this.node, cx.waker())
+                {
                     return Poll::Pending;
                 }
                 this.node.completion()

@@ -105,7 +105,9 @@ where
                 result
             }
             Phase::Registered => {
-                if this.shared.still_waiting(&this.node, cx.waker()) {
+                // The common case, a completed node, without a call.
+                if this.node.state() == WAITING && this.shared.still_waiting(&this.node, cx.waker())
+                {
                     return Poll::Pending;
                 }
                 match this.node.completion() {

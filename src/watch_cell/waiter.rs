@@ -230,6 +230,20 @@ pub(super) struct Header {
     panic: UnsafeCell<Option<Box<dyn Any + Send>>>,
 }
 
+impl Header {
+    /// The end of [`Waiter::completion`] for a predicate that panicked on a
+    /// modifier's thread: out of line, so the common ends stay small.
+    #[cold]
+    #[inline(never)]
+    fn resume_panic(&self, state: u8) -> ! {
+        assert_eq!(state, PANICKED, "waiter completed in state {state}");
+        // SAFETY: as in `take_output`: the modifier wrote the payload before
+        // its `Release` store of `PANICKED`.
+        let payload = self.panic.with_mut(|p| unsafe { (*p).take() });
+        std::panic::resume_unwind(payload.expect("a panicked waiter holds the payload"))
+    }
+}
+
 /// A waiter node: header plus the caller's predicate, pinned in its owner.
 /// `repr(C)` puts the header first, so the list reaches it from a node
 /// pointer without a virtual call ([`header_of`]).
@@ -334,6 +348,7 @@ impl<P> Waiter<P> {
     /// # Panics
     ///
     /// Resumes the predicate's panic if it panicked on a modifier's thread.
+    #[inline]
     pub(super) fn completion<T>(&self) -> Completion<P::Output>
     where
         P: Predicate<T>,
@@ -341,13 +356,7 @@ impl<P> Waiter<P> {
         match self.state() {
             SATISFIED => Completion::Satisfied(self.take_output()),
             CLOSED => Completion::Closed,
-            PANICKED => {
-                // SAFETY: as in `take_output`: the modifier wrote the payload
-                // before its `Release` store of `PANICKED`.
-                let payload = self.header.panic.with_mut(|p| unsafe { (*p).take() });
-                std::panic::resume_unwind(payload.expect("a panicked waiter holds the payload"))
-            }
-            state => unreachable!("waiter completed in state {state}"),
+            state => self.header.resume_panic(state),
         }
     }
 
