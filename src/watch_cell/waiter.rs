@@ -724,15 +724,15 @@ const PREFETCH_AHEAD: usize = 8;
 /// One empty wake buffer per thread, kept between bulk wake-ups: waking N
 /// waiters fills a buffer of N unparkers (they must all leave the list
 /// under the lock, and be woken after it), and allocating it afresh each
-/// time cost a third of the whole wake-up at N = 1,000 (a large `malloc`,
-/// and the copies of a growing `Vec`). Only the largest buffer a thread
+/// time cost a third of the publisher's time at N = 1,000 (a large
+/// `malloc`, and the copies of a growing `Vec`). Only the largest buffer a thread
 /// used is kept, up to [`MAX_KEPT`] unparkers; a larger one is freed.
 /// Under loom the buffer is not kept (loom's threads share one OS thread).
 mod spare {
     use super::Unparker;
 
-    /// The largest buffer kept per thread, in unparkers (24 bytes each):
-    /// 16,384, so 384 KiB at most.
+    /// The largest buffer kept per thread, in unparkers (16 bytes each):
+    /// 16,384, so 256 KiB at most.
     pub(super) const MAX_KEPT: usize = 1 << 14;
 
     #[cfg(not(loom))]
