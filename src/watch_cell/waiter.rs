@@ -654,10 +654,18 @@ impl Drop for WakeList {
     /// [`defer_panic`](Self::defer_panic) wins over a waker's.
     fn drop(&mut self) {
         if self.panic.is_none() && !std::thread::panicking() {
-            // The usual case, with no `catch_unwind` per wake-up: if a waker
-            // panics, `Waking`'s drop wakes the rest while that panic
-            // unwinds, and the panic goes on (the first one: later ones
-            // are caught).
+            if self.rest.is_empty() {
+                // One wake-up at most (the most common case): a panic in
+                // it has no other wake-up to hold back.
+                if let Some(unparker) = self.first.take() {
+                    unparker.unpark();
+                }
+                spare::give_back(std::mem::take(&mut self.rest));
+                return;
+            }
+            // Many, with no `catch_unwind` per wake-up: if a waker panics,
+            // `Waking`'s drop wakes the rest while that panic unwinds, and
+            // the panic goes on (the first one: later ones are caught).
             Waking {
                 first: self.first.take(),
                 rest: self.rest.drain(..),
