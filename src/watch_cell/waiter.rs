@@ -553,14 +553,9 @@ impl<T> WaiterList<T> {
         wakes.reserve(self.live);
         self.live = 0;
         for ptr in self.slots.drain(..).flatten() {
-            // SAFETY: `&mut self` means we hold the lock, and a registered
-            // node is alive until it observes the store below, our last
-            // access (invariant 3); the unparker is guarded by the lock.
-            let header = unsafe { header_of(ptr) };
-            if let Some(unparker) = header.unparker.with_mut(|u| unsafe { (*u).take() }) {
-                wakes.push(unparker);
-            }
-            header.state.store(CLOSED, Ordering::Release);
+            // SAFETY: `&mut self` means we hold the lock; the node was
+            // registered, and the list no longer leads to it.
+            unsafe { finish(ptr, CLOSED, wakes) };
         }
     }
 
@@ -575,15 +570,28 @@ impl<T> WaiterList<T> {
             .take()
             .expect("completing a registered node");
         self.live -= 1;
-        // SAFETY: the node is still alive: its owner cannot free it before
-        // observing the store below, which is our last access (invariant 3).
-        let header = unsafe { header_of(ptr) };
-        // SAFETY: guarded by the lock.
-        if let Some(unparker) = header.unparker.with_mut(|u| unsafe { (*u).take() }) {
-            wakes.push(unparker);
-        }
-        header.state.store(state, Ordering::Release);
+        // SAFETY: per this function's contract; the slot no longer leads to
+        // the node.
+        unsafe { finish(ptr, state, wakes) };
     }
+}
+
+/// Completes a node taken out of the list: moves its unparker to `wakes`
+/// and publishes `state`, its last access (invariant 3).
+///
+/// # Safety
+///
+/// The caller holds the cell's lock, and `ptr` is a node that was
+/// registered until the caller took it out of the list.
+unsafe fn finish<T>(ptr: NonNull<dyn Node<T>>, state: u8, wakes: &mut WakeList) {
+    // SAFETY: the node is still alive: its owner cannot free it before
+    // observing the store below.
+    let header = unsafe { header_of(ptr) };
+    // SAFETY: guarded by the lock.
+    if let Some(unparker) = header.unparker.with_mut(|u| unsafe { (*u).take() }) {
+        wakes.push(unparker);
+    }
+    header.state.store(state, Ordering::Release);
 }
 
 /// Unparkers collected under the lock, woken when the list is dropped: after
@@ -653,31 +661,30 @@ impl Drop for WakeList {
     /// where a second panic would abort). A panic deferred with
     /// [`defer_panic`](Self::defer_panic) wins over a waker's.
     fn drop(&mut self) {
-        if self.panic.is_none() && !std::thread::panicking() {
+        let mut first_panic = self.panic.take();
+        if first_panic.is_none() && !std::thread::panicking() {
             if self.rest.is_empty() {
                 // One wake-up at most (the most common case): a panic in
                 // it has no other wake-up to hold back.
                 if let Some(unparker) = self.first.take() {
                     unparker.unpark();
                 }
-                spare::give_back(std::mem::take(&mut self.rest));
-                return;
+            } else {
+                // Many, with no `catch_unwind` per wake-up: if a waker
+                // panics, `Waking`'s drop wakes the rest while that panic
+                // unwinds, and the panic goes on (the first one: later ones
+                // are caught).
+                Waking {
+                    first: self.first.take(),
+                    rest: self.rest.drain(..),
+                }
+                .run();
             }
-            // Many, with no `catch_unwind` per wake-up: if a waker panics,
-            // `Waking`'s drop wakes the rest while that panic unwinds, and
-            // the panic goes on (the first one: later ones are caught).
-            Waking {
-                first: self.first.take(),
-                rest: self.rest.drain(..),
-            }
-            .run();
-            spare::give_back(std::mem::take(&mut self.rest));
-            return;
-        }
-        let mut first_panic = self.panic.take();
-        for unparker in self.first.take().into_iter().chain(self.rest.drain(..)) {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| unparker.unpark())) {
-                first_panic.get_or_insert(payload);
+        } else {
+            for unparker in self.first.take().into_iter().chain(self.rest.drain(..)) {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| unparker.unpark())) {
+                    first_panic.get_or_insert(payload);
+                }
             }
         }
         spare::give_back(std::mem::take(&mut self.rest));
