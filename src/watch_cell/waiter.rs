@@ -4,7 +4,8 @@
 //! future of an async wait, or pinned on the stack of a blocking wait. While
 //! it is registered, the cell's waiter list holds a type-erased pointer to it,
 //! and modifiers evaluate its predicate under the cell's lock. No allocation
-//! is made per wait (the list's `Vec` grows only to the peak waiter count).
+//! is made per wait (the list's `Vec` grows only to the peak waiter count,
+//! and is freed when the cell closes).
 //!
 //! # The invariants that make this sound and lossless
 //!
@@ -218,16 +219,36 @@ impl Unparker {
     }
 }
 
-/// The type-independent part of a node.
+/// The type-independent part of a node: 32 bytes, so a `wait_for` future
+/// with a predicate that captures nothing is 48.
 pub(super) struct Header {
     /// `IDLE`, `WAITING`, `SATISFIED`, `CLOSED` or `PANICKED` (invariant 1).
     state: AtomicU8,
     /// Position in the list; meaningful while `WAITING`; guarded by the lock.
-    index: UnsafeCell<usize>,
-    /// Guarded by the lock while `WAITING`.
-    unparker: UnsafeCell<Option<Unparker>>,
-    /// Written by a modifier before it publishes `PANICKED` (invariant 3).
-    panic: UnsafeCell<Option<Box<dyn Any + Send>>>,
+    /// A `u32` shares a word with `state` (the list refuses to grow past it).
+    index: UnsafeCell<u32>,
+    /// What the node holds besides its predicate: never an unparker and a
+    /// payload at once, so they share a field.
+    link: UnsafeCell<Link>,
+}
+
+/// The unparker of a registered node (guarded by the lock while
+/// `WAITING`), or the payload of a predicate that panicked on a modifier's
+/// thread (written before the modifier publishes `PANICKED`, invariant 3).
+enum Link {
+    Empty,
+    Unpark(Unparker),
+    Panic(Box<dyn Any + Send>),
+}
+
+impl Link {
+    #[inline]
+    fn into_unparker(self) -> Option<Unparker> {
+        match self {
+            Link::Unpark(unparker) => Some(unparker),
+            Link::Empty | Link::Panic(_) => None,
+        }
+    }
 }
 
 impl Header {
@@ -239,8 +260,13 @@ impl Header {
         assert_eq!(state, PANICKED, "waiter completed in state {state}");
         // SAFETY: as in `take_output`: the modifier wrote the payload before
         // its `Release` store of `PANICKED`.
-        let payload = self.panic.with_mut(|p| unsafe { (*p).take() });
-        std::panic::resume_unwind(payload.expect("a panicked waiter holds the payload"))
+        let link = self
+            .link
+            .with_mut(|l| unsafe { std::mem::replace(&mut *l, Link::Empty) });
+        let Link::Panic(payload) = link else {
+            unreachable!("a panicked waiter holds the payload")
+        };
+        std::panic::resume_unwind(payload)
     }
 }
 
@@ -304,8 +330,7 @@ impl<P> Waiter<P> {
             header: Header {
                 state: AtomicU8::new(IDLE),
                 index: UnsafeCell::new(0),
-                unparker: UnsafeCell::new(None),
-                panic: UnsafeCell::new(None),
+                link: UnsafeCell::new(Link::Empty),
             },
             predicate: UnsafeCell::new(predicate),
             _pinned: PhantomPinned,
@@ -367,9 +392,9 @@ impl<P> Waiter<P> {
     ///
     /// The caller holds the cell's lock and the node is `WAITING`.
     pub(super) unsafe fn will_wake(&self, waker: &Waker) -> bool {
-        self.header.unparker.with(|u| {
+        self.header.link.with(|l| {
             // SAFETY: guarded by the lock per the contract.
-            matches!(unsafe { &*u }, Some(Unparker::Task(current)) if current.will_wake(waker))
+            matches!(unsafe { &*l }, Link::Unpark(Unparker::Task(current)) if current.will_wake(waker))
         })
     }
 
@@ -382,8 +407,9 @@ impl<P> Waiter<P> {
     pub(super) unsafe fn replace_unparker(&self, unparker: Unparker) -> Option<Unparker> {
         // SAFETY: guarded by the lock per the contract.
         self.header
-            .unparker
-            .with_mut(|u| unsafe { (*u).replace(unparker) })
+            .link
+            .with_mut(|l| unsafe { std::mem::replace(&mut *l, Link::Unpark(unparker)) })
+            .into_unparker()
     }
 }
 
@@ -432,10 +458,13 @@ impl<T> WaiterList<T> {
             // SAFETY: we hold the lock (caller).
             unsafe { self.compact() };
         }
+        let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 registered waiters");
         let header = &node.header;
         // SAFETY: guarded by the lock (caller); the node is not yet shared.
-        header.unparker.with_mut(|u| unsafe { *u = Some(unparker) });
-        header.index.with_mut(|i| unsafe { *i = self.slots.len() });
+        header
+            .link
+            .with_mut(|l| unsafe { *l = Link::Unpark(unparker) });
+        header.index.with_mut(|i| unsafe { *i = index });
         header.state.store(WAITING, Ordering::Relaxed);
         let ptr: NonNull<dyn Node<T> + 'a> = NonNull::from(node as &(dyn Node<T> + 'a));
         // SAFETY: only the lifetime bound is erased. The pointer is removed
@@ -456,14 +485,17 @@ impl<T> WaiterList<T> {
         debug_assert_eq!(node.header.state.load(Ordering::Relaxed), WAITING);
         // SAFETY: guarded by the lock.
         let index = node.header.index.with(|i| unsafe { *i });
-        self.slots[index] = None;
+        self.slots[index as usize] = None;
         self.live -= 1;
         while let Some(None) = self.slots.last() {
             self.slots.pop();
         }
         node.header.state.store(IDLE, Ordering::Relaxed);
         // SAFETY: guarded by the lock; the node is no longer registered.
-        node.header.unparker.with_mut(|u| unsafe { (*u).take() })
+        node.header
+            .link
+            .with_mut(|l| unsafe { std::mem::replace(&mut *l, Link::Empty) })
+            .into_unparker()
     }
 
     /// Closes the holes, keeping order, and fixes the moved nodes' indices.
@@ -473,7 +505,7 @@ impl<T> WaiterList<T> {
     /// The caller holds the cell's lock.
     unsafe fn compact(&mut self) {
         self.slots.retain(Option::is_some);
-        for (index, slot) in self.slots.iter().enumerate() {
+        for (index, slot) in (0..).zip(&self.slots) {
             let node = slot.expect("retained slots are occupied");
             // SAFETY: registered nodes are alive (invariant 2); the index
             // field is guarded by the lock.
@@ -517,24 +549,17 @@ impl<T> WaiterList<T> {
             evaluations += 1;
             // SAFETY: we hold the lock (`&mut self`) and the node is registered.
             let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { node.test(value, *version) }));
-            let state = match outcome {
+            let (state, panic) = match outcome {
                 Ok(false) => {
                     tested_clean += 1;
                     continue;
                 }
-                Ok(true) => SATISFIED,
-                Err(payload) => {
-                    // SAFETY: guarded by the lock; published by the store below.
-                    // SAFETY: registered nodes are alive (invariant 2).
-                    unsafe { header_of(ptr) }
-                        .panic
-                        .with_mut(|p| unsafe { *p = Some(payload) });
-                    PANICKED
-                }
+                Ok(true) => (SATISFIED, None),
+                Err(payload) => (PANICKED, Some(payload)),
             };
             let took = node.takes();
             // SAFETY: we hold the lock; `index` holds a registered node.
-            unsafe { self.complete(index, state, wakes) };
+            unsafe { self.complete(index, state, panic, wakes) };
             completed = true;
             if took {
                 version.0 += 1;
@@ -548,49 +573,82 @@ impl<T> WaiterList<T> {
         evaluations
     }
 
-    /// Completes every registered node as `CLOSED`, oldest first.
+    /// Completes every registered node as `CLOSED`, oldest first, and frees
+    /// the list's buffer: a closed cell registers no more waiters, so it
+    /// would never be used again, and a buffer freed now is not freed by
+    /// whichever waiter happens to drop the last handle. (Freed by that
+    /// waiter, a large buffer could set off the allocator's consolidation
+    /// of every chunk the other waiters had just freed, inside the wake-up
+    /// of a thousand tasks: `close` then ran 5% slower than a `Notify`'s
+    /// `notify_waiters`.)
     pub(super) fn close_all(&mut self, wakes: &mut WakeList) {
         wakes.reserve(self.live);
         self.live = 0;
-        for ptr in self.slots.drain(..).flatten() {
+        for ptr in std::mem::take(&mut self.slots).into_iter().flatten() {
             // SAFETY: `&mut self` means we hold the lock; the node was
             // registered, and the list no longer leads to it.
-            unsafe { finish(ptr, CLOSED, wakes) };
+            unsafe { finish(ptr, CLOSED, None, wakes) };
         }
     }
 
-    /// Removes the node at `index` (leaving a hole), moves its unparker to
-    /// `wakes` and publishes `state`.
+    /// Removes the node at `index` (leaving a hole), and completes it
+    /// ([`finish`]).
     ///
     /// # Safety
     ///
     /// The caller holds the cell's lock; `index` holds a registered node.
-    unsafe fn complete(&mut self, index: usize, state: u8, wakes: &mut WakeList) {
+    unsafe fn complete(
+        &mut self,
+        index: usize,
+        state: u8,
+        panic: Option<Box<dyn Any + Send>>,
+        wakes: &mut WakeList,
+    ) {
         let ptr = self.slots[index]
             .take()
             .expect("completing a registered node");
         self.live -= 1;
         // SAFETY: per this function's contract; the slot no longer leads to
         // the node.
-        unsafe { finish(ptr, state, wakes) };
+        unsafe { finish(ptr, state, panic, wakes) };
     }
 }
 
-/// Completes a node taken out of the list: moves its unparker to `wakes`
-/// and publishes `state`, its last access (invariant 3).
+/// Completes a node taken out of the list: moves its unparker to `wakes`,
+/// leaves the payload of a `panic` in its place, and publishes `state`, its
+/// last access (invariant 3).
 ///
 /// # Safety
 ///
 /// The caller holds the cell's lock, and `ptr` is a node that was
 /// registered until the caller took it out of the list.
-unsafe fn finish<T>(ptr: NonNull<dyn Node<T>>, state: u8, wakes: &mut WakeList) {
+#[inline(always)]
+unsafe fn finish<T>(
+    ptr: NonNull<dyn Node<T>>,
+    state: u8,
+    panic: Option<Box<dyn Any + Send>>,
+    wakes: &mut WakeList,
+) {
     // SAFETY: the node is still alive: its owner cannot free it before
     // observing the store below.
     let header = unsafe { header_of(ptr) };
-    // SAFETY: guarded by the lock.
-    if let Some(unparker) = header.unparker.with_mut(|u| unsafe { (*u).take() }) {
-        wakes.push(unparker);
-    }
+    header.link.with_mut(|link| {
+        // SAFETY: guarded by the lock.
+        let link = unsafe { &mut *link };
+        if let Link::Unpark(unparker) = link {
+            // SAFETY: the unparker is read out of the node and its place
+            // overwritten without a drop, so it is neither lost nor dropped
+            // twice. (Moved out through `mem::replace`, it went through the
+            // stack in pieces that were re-read whole, a store-forwarding
+            // stall on every node of a bulk wake-up.)
+            let unparker = unsafe { std::ptr::read(unparker) };
+            unsafe { std::ptr::write(link, Link::Empty) };
+            wakes.push(unparker);
+        }
+        if let Some(payload) = panic {
+            *link = Link::Panic(payload);
+        }
+    });
     header.state.store(state, Ordering::Release);
 }
 
