@@ -494,10 +494,18 @@ impl<T> WatchCell<T> {
         }
         state.closed = true;
         let mut wakes = WakeList::default();
-        state.waiters.close_all(&mut wakes);
+        // A closed cell registers no more waiters: the list leaves the cell,
+        // and its buffer is freed here, after unlocking, rather than with
+        // the cell by whichever waiter drops the last handle. (There, in the
+        // middle of the wake-up of a thousand tasks that had just freed
+        // their futures, a 16 KiB buffer often cost the allocator some
+        // 10 µs: `close` ran 5% slower than a `Notify`'s `notify_waiters`.)
+        let mut waiters = std::mem::replace(&mut state.waiters, WaiterList::new());
+        waiters.close_all(&mut wakes);
         state.indexes.close_all(&mut wakes);
         state.wakeups += wakes.len() as u64;
         drop(state);
+        drop(waiters);
         drop(wakes);
         true
     }

@@ -573,18 +573,11 @@ impl<T> WaiterList<T> {
         evaluations
     }
 
-    /// Completes every registered node as `CLOSED`, oldest first, and frees
-    /// the list's buffer: a closed cell registers no more waiters, so it
-    /// would never be used again, and a buffer freed now is not freed by
-    /// whichever waiter happens to drop the last handle. (Freed by that
-    /// waiter, a large buffer could set off the allocator's consolidation
-    /// of every chunk the other waiters had just freed, inside the wake-up
-    /// of a thousand tasks: `close` then ran 5% slower than a `Notify`'s
-    /// `notify_waiters`.)
+    /// Completes every registered node as `CLOSED`, oldest first.
     pub(super) fn close_all(&mut self, wakes: &mut WakeList) {
         wakes.reserve(self.live);
         self.live = 0;
-        for ptr in std::mem::take(&mut self.slots).into_iter().flatten() {
+        for ptr in self.slots.drain(..).flatten() {
             // SAFETY: `&mut self` means we hold the lock; the node was
             // registered, and the list no longer leads to it.
             unsafe { finish(ptr, CLOSED, None, wakes) };
