@@ -634,8 +634,11 @@ unsafe fn finish<T>(
             // twice. (Moved out through `mem::replace`, it went through the
             // stack in pieces that were re-read whole, a store-forwarding
             // stall on every node of a bulk wake-up.)
-            let unparker = unsafe { std::ptr::read(unparker) };
-            unsafe { std::ptr::write(link, Link::Empty) };
+            let unparker = unsafe {
+                let unparker = std::ptr::read(unparker);
+                std::ptr::write(link, Link::Empty);
+                unparker
+            };
             wakes.push(unparker);
         }
         if let Some(payload) = panic {
