@@ -838,8 +838,21 @@ async fn run_demo(args: &Args) -> Result<bool, BoxError> {
         }
         if now < run_until && now >= next_fault {
             next_fault = now + Duration::from_millis(rng.random_range(600..1400));
+            // Not a frozen reader (until it is resumed), nor one whose
+            // refusal is due: a reader the compactor expired is left alone
+            // until it has been refused, or its kill would hide whether the
+            // fence refuses it.
+            let refusal_due = |reader: Option<u64>| {
+                reader.is_some_and(|id| {
+                    tally.expired.contains(&id) && !tally.refused_ids.contains(&id)
+                })
+            };
             let candidates: Vec<usize> = (0..slots.len())
-                .filter(|&i| slots[i].resume_at.is_none() && !slots[i].awaiting_registration)
+                .filter(|&i| {
+                    slots[i].resume_at.is_none()
+                        && !slots[i].awaiting_registration
+                        && !refusal_due(slots[i].reader)
+                })
                 .collect();
             if !candidates.is_empty() {
                 let victim = candidates[rng.random_range(0..candidates.len())];
