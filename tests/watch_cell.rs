@@ -519,6 +519,16 @@ impl Wake for PanickingWaker {
     }
 }
 
+/// Sets the cell to 1, and checks that the modifier's call panicked with
+/// [`PanickingWaker`]'s panic.
+fn set_to_one_sees_the_waker_panic(cell: &WatchCell<u32>) {
+    let modification = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cell.modify(|v| *v = 1);
+    }));
+    let payload = modification.unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"waker failed"));
+}
+
 #[test]
 fn panicking_waker_does_not_strand_the_other_satisfied_waiters() {
     let cell = WatchCell::new(0_u32);
@@ -548,12 +558,8 @@ fn panicking_waker_does_not_strand_the_other_satisfied_waiters() {
             .is_pending()
     );
 
-    let modification = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cell.modify(|v| *v = 1);
-    }));
     // The modifier sees the waker's panic, after every other waiter was woken.
-    let payload = modification.unwrap_err();
-    assert_eq!(payload.downcast_ref::<&str>(), Some(&"waker failed"));
+    set_to_one_sees_the_waker_panic(&cell);
     assert_eq!(wakes(&first_counter), 1);
     assert_eq!(wakes(&second_counter), 1);
     let noop = &mut Context::from_waker(Waker::noop());
@@ -590,11 +596,7 @@ fn wakers_panicking_in_the_middle_of_a_bulk_wake_up_strand_no_one() {
                 .is_pending()
         );
     }
-    let modification = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cell.modify(|v| *v = 1);
-    }));
-    let payload = modification.unwrap_err();
-    assert_eq!(payload.downcast_ref::<&str>(), Some(&"waker failed"));
+    set_to_one_sees_the_waker_panic(&cell);
     for counter in &counters {
         assert_eq!(wakes(counter), 1);
     }

@@ -455,12 +455,10 @@ where
         }
     }
 
-    /// On a re-poll: whether `node` is still registered, with (a clone of)
-    /// `waker` as its unparker; clones and drops happen outside the lock.
+    /// On a re-poll of a node the caller saw `WAITING` (without locking):
+    /// whether it is still registered, with (a clone of) `waker` as its
+    /// unparker; clones and drops happen outside the lock.
     fn still_waiting(&self, node: &IndexWaiter<K>, waker: &Waker) -> bool {
-        if node.state() != WAITING {
-            return false;
-        }
         {
             let _state = self.owner.cell.shared.state.lock();
             if node.state() != WAITING {

@@ -136,13 +136,11 @@ impl<T, P> Drop for Wait<'_, T, P> {
 }
 
 impl<T> Shared<T> {
-    /// On a re-poll: whether the node is still registered, with `waker` (a
-    /// clone of it) as its unparker. The clone is made, and the replaced waker
-    /// dropped, outside the lock (invariant 5).
+    /// On a re-poll of a node the caller saw `WAITING` (without locking):
+    /// whether it is still registered, with `waker` (a clone of it) as its
+    /// unparker. The clone is made, and the replaced waker dropped, outside
+    /// the lock (invariant 5).
     fn still_waiting<P>(&self, node: &Waiter<P>, waker: &Waker) -> bool {
-        if node.state() != WAITING {
-            return false;
-        }
         {
             let _state = self.state.lock();
             // Re-check under the lock: only lock holders complete nodes.
